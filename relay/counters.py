@@ -1,0 +1,18 @@
+"""Process-wide counters of what the relay did (exported as metrics later)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class Counters:
+    """Plain integer counters; the event loop is single-threaded, so no locking."""
+
+    streams_total: int = 0
+    streams_active: int = 0
+    keepalives: int = 0
+    client_aborts: int = 0
+    upstream_errors: int = 0
+    #: SSE responses that arrived content-encoded and so could take no keepalives.
+    sse_compressed: int = 0

@@ -1,0 +1,195 @@
+"""HTTP/1.1 towards clients: h11 over a hand-written asyncio Protocol.
+
+Turns h11 events into `RelayStream` calls and implements `ClientSide` for the stream
+it carries (one at a time; pipelined requests wait their turn).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from http import HTTPStatus
+from typing import cast
+
+import h11
+
+from relay.errors import BadRequest, new_request_id, render_error_body
+from relay.headers import Headers
+from relay.relay_context import RelayContext
+from relay.stream import RelayStream, RequestHead
+
+# The client's send buffer: past HIGH the stream stops reading upstream (backpressure).
+WRITE_HIGH = 64 * 1024
+WRITE_LOW = 16 * 1024
+_NO_BODY_STATUS = frozenset({204, 304})
+_REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
+
+
+class Http1Server(asyncio.Protocol):
+    """One client connection speaking HTTP/1.1."""
+
+    def __init__(self, context: RelayContext) -> None:
+        self._context = context
+        self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=context.max_header_bytes)
+        self._transport: asyncio.Transport | None = None
+        self._client_ip: str | None = None
+        self._stream: RelayStream | None = None
+        self._method = b""
+        # True when we frame the body ourselves as chunked (the hot path skips h11).
+        self._chunked = False
+
+    # -- asyncio.Protocol -------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self._transport = cast(asyncio.Transport, transport)
+        self._transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)
+        peer = self._transport.get_extra_info("peername")
+        self._client_ip = peer[0] if isinstance(peer, tuple) else None
+
+    def data_received(self, data: bytes) -> None:
+        self._h11.receive_data(data)
+        self._drain_events()
+
+    def eof_received(self) -> bool:
+        # HTTP clients do not half-close while awaiting a response: EOF means the client
+        # left, and upstream must stop now rather than at our next write.
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            stream.on_client_gone()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            stream.on_client_gone()
+
+    def pause_writing(self) -> None:
+        if self._stream is not None:
+            self._stream.on_client_paused()
+
+    def resume_writing(self) -> None:
+        if self._stream is not None:
+            self._stream.on_client_resumed()
+
+    # -- h11 events -> core -----------------------------------------------------------
+
+    def _drain_events(self) -> None:
+        conn = self._h11
+        while self._transport is not None and not self._transport.is_closing():
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                self._refuse(exc)
+                return
+            kind = type(event)
+            if kind is h11.Data:
+                if self._stream is not None:
+                    self._stream.on_request_body(event.data)
+            elif kind is h11.Request:
+                self._open_stream(event)
+            elif kind is h11.EndOfMessage:
+                if self._stream is not None:
+                    self._stream.on_request_end()
+                self._maybe_next_cycle()
+            elif event is h11.NEED_DATA:
+                return
+            elif event is h11.PAUSED:
+                # A pipelined request waits until this response is done.
+                self._transport.pause_reading()
+                return
+            elif kind is h11.ConnectionClosed:
+                return
+
+    def _open_stream(self, request: h11.Request) -> None:
+        if self._h11.they_are_waiting_for_100_continue:
+            self._write(self._h11.send(h11.InformationalResponse(status_code=100, headers=[])))
+        self._method = request.method
+        head = RequestHead(request.method, request.target, list(request.headers), self._client_ip)
+        self._stream = self._context.open_stream(self, head)
+
+    def _refuse(self, exc: h11.RemoteProtocolError) -> None:
+        """Malformed or oversize input: answer in the API's error shape, then close."""
+        status = exc.error_status_hint
+        message = f"malformed HTTP/1.1 request: {exc}"
+        if status == 431:
+            message = "request header fields too large"
+        error = BadRequest(message)
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            stream.on_client_gone()
+        if self._transport is None:
+            return
+        if self._h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+            # Written by hand: h11 refuses to frame anything once the peer broke protocol.
+            body = render_error_body(error.error_type, error.message)
+            self._transport.write(
+                b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+                b"request-id: %s\r\nx-should-retry: false\r\nconnection: close\r\n\r\n%s"
+                % (status, _REASONS.get(status, b""), len(body), new_request_id().encode(), body)
+            )
+        self._transport.close()
+
+    def _maybe_next_cycle(self) -> None:
+        """After a complete exchange, get ready for the next request on this connection."""
+        conn = self._h11
+        if self._stream is not None or self._transport is None:
+            return
+        if conn.our_state is h11.MUST_CLOSE:
+            self._transport.close()
+        elif conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+            conn.start_next_cycle()
+            self._transport.resume_reading()
+            self._drain_events()
+
+    def _write(self, data: bytes | None) -> None:
+        if data and self._transport is not None:
+            self._transport.write(data)
+
+    # -- ClientSide (called by the core) ----------------------------------------------
+
+    def send_head(self, status: int, headers: Headers) -> None:
+        chunked = (
+            self._h11.their_http_version == b"1.1"
+            and self._method != b"HEAD"
+            and status not in _NO_BODY_STATUS
+            and all(name != b"content-length" for name, _ in headers)
+        )
+        if chunked:
+            headers = [*headers, (b"transfer-encoding", b"chunked")]
+        self._chunked = chunked
+        response = h11.Response(
+            status_code=status, headers=headers, reason=_REASONS.get(status, b"")
+        )
+        self._write(self._h11.send(response))
+
+    def send_body(self, data: bytes) -> None:
+        transport = self._transport
+        if transport is None or not data:
+            return
+        if self._chunked:
+            # Chunk framing by hand: h11's chunked writer keeps no count, so bypassing
+            # it per chunk is safe and saves an event object and a state-machine pass.
+            transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
+        else:
+            transport.writelines(self._h11.send_with_data_passthrough(h11.Data(data=data)))
+
+    def send_end(self) -> None:
+        self._stream = None
+        self._write(self._h11.send(h11.EndOfMessage()))
+        if self._h11.their_state is h11.SEND_BODY:
+            # Answered before the request body was read: discard the rest, then reuse.
+            return
+        self._maybe_next_cycle()
+
+    def abort(self) -> None:
+        self._stream = None
+        if self._transport is not None:
+            self._transport.abort()
+
+    def pause_request_body(self) -> None:
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def resume_request_body(self) -> None:
+        if self._transport is not None:
+            self._transport.resume_reading()

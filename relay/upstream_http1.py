@@ -1,0 +1,152 @@
+"""One HTTP/1.1 connection to upstream: h11 client over a raw asyncio Protocol."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Protocol, cast
+
+import h11
+
+from relay.errors import RelayError, UpstreamLost, UpstreamUnavailable
+from relay.headers import Headers
+
+if TYPE_CHECKING:
+    from relay.upstream_pool import UpstreamPool
+
+# Upstream response heads are small; anything larger is a broken upstream.
+_MAX_RESPONSE_HEAD = 256 * 1024
+
+
+class ResponseSink(Protocol):
+    """Where an upstream connection delivers the response it reads (a RelayStream)."""
+
+    def on_response_head(self, status: int, headers: Headers) -> None: ...
+    def on_response_body(self, data: bytes) -> None: ...
+    def on_response_end(self) -> None: ...
+    def on_upstream_failed(self, error: RelayError) -> None: ...
+    def on_upstream_paused(self) -> None: ...
+    def on_upstream_resumed(self) -> None: ...
+
+
+class Http1Upstream(asyncio.Protocol):
+    """A keep-alive HTTP/1.1 connection carrying one exchange at a time."""
+
+    def __init__(self, pool: UpstreamPool) -> None:
+        self._pool = pool
+        self._h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_RESPONSE_HEAD)
+        self._transport: asyncio.Transport | None = None
+        self._sink: ResponseSink | None = None
+        self._head_seen = False
+        self.closed = False
+
+    # -- asyncio.Protocol -------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self._transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._h11.receive_data(data)
+        self._drain_events()
+
+    def eof_received(self) -> bool:
+        # Lets h11 end a close-delimited body, or notice a truncated one.
+        self._h11.receive_data(b"")
+        self._drain_events()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._pool.forget(self)
+        sink, self._sink = self._sink, None
+        if sink is not None:
+            reason = f": {exc}" if exc else ""
+            sink.on_upstream_failed(
+                self._lost(f"upstream {self._pool.url} closed the connection{reason}")
+            )
+
+    def pause_writing(self) -> None:
+        if self._sink is not None:
+            self._sink.on_upstream_paused()
+
+    def resume_writing(self) -> None:
+        if self._sink is not None:
+            self._sink.on_upstream_resumed()
+
+    # -- UpstreamExchange -------------------------------------------------------------
+
+    def start(self, method: bytes, target: bytes, headers: Headers, sink: ResponseSink) -> None:
+        assert self._transport is not None
+        self._sink = sink
+        self._head_seen = False
+        request = h11.Request(method=method, target=target, headers=headers)
+        self._transport.write(self._h11.send(request))
+
+    def send_body(self, data: bytes) -> None:
+        if self._transport is not None and self._h11.our_state is h11.SEND_BODY:
+            self._transport.writelines(self._h11.send_with_data_passthrough(h11.Data(data=data)))
+
+    def send_end(self) -> None:
+        if self._transport is not None and self._h11.our_state is h11.SEND_BODY:
+            self._transport.write(self._h11.send(h11.EndOfMessage()))
+
+    def abort(self) -> None:
+        """Close at once (never back to the pool): the exchange is abandoned."""
+        self._sink = None
+        self.closed = True
+        if self._transport is not None:
+            self._transport.abort()
+
+    def pause_reading(self) -> None:
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._transport is not None:
+            self._transport.resume_reading()
+
+    # -- internals --------------------------------------------------------------------
+
+    def _lost(self, message: str) -> RelayError:
+        return UpstreamLost(message) if self._head_seen else UpstreamUnavailable(message)
+
+    def _drain_events(self) -> None:
+        conn = self._h11
+        while True:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                self._fail(f"upstream {self._pool.url} broke HTTP/1.1: {exc}")
+                return
+            kind = type(event)
+            if kind is h11.Data:
+                if self._sink is not None:
+                    self._sink.on_response_body(event.data)
+            elif kind is h11.Response:
+                self._head_seen = True
+                if self._sink is not None:
+                    self._sink.on_response_head(event.status_code, list(event.headers))
+            elif kind is h11.EndOfMessage:
+                self._end_exchange()
+                return
+            elif event is h11.NEED_DATA or event is h11.PAUSED or kind is h11.ConnectionClosed:
+                return
+            # InformationalResponse (100 Continue and the like) is not relayed.
+
+    def _end_exchange(self) -> None:
+        sink, self._sink = self._sink, None
+        if sink is not None:
+            sink.on_response_end()
+        conn = self._h11
+        if conn.our_state is h11.DONE and conn.their_state is h11.DONE and not self.closed:
+            conn.start_next_cycle()
+            self._pool.release(self)
+        elif self._transport is not None:
+            self.closed = True
+            self._transport.close()
+
+    def _fail(self, message: str) -> None:
+        sink, self._sink = self._sink, None
+        self.abort()
+        if sink is not None:
+            sink.on_upstream_failed(self._lost(message))

@@ -1,0 +1,25 @@
+"""Builds the Cython SSE frame scanner; everything else is in pyproject.toml.
+
+SSE_RELAY_NO_EXTENSIONS=1 at build time skips the extension (the pure-Python twin is
+used at run time then).
+"""
+
+import os
+
+from setuptools import Extension, setup
+
+ext_modules = []
+if os.environ.get("SSE_RELAY_NO_EXTENSIONS") != "1":
+    from Cython.Build import cythonize
+
+    ext_modules = cythonize(
+        [Extension("relay._fastsse", ["relay/_fastsse.pyx"], extra_compile_args=["-O3"])],
+        compiler_directives={
+            "language_level": "3",
+            "boundscheck": False,
+            "wraparound": False,
+            "cdivision": True,
+        },
+    )
+
+setup(ext_modules=ext_modules)

@@ -1,0 +1,67 @@
+"""Real clients the tests drive the relay with: the official SDK, httpx2, raw sockets."""
+
+from __future__ import annotations
+
+import json
+import socket
+from typing import Any
+
+import anthropic
+import httpx2
+
+KEEPALIVE = b": keepalive\n\n"
+PING = b'event: ping\ndata: {"type": "ping"}\n\n'
+
+MESSAGE_PARAMS: dict[str, Any] = {
+    "model": "claude-sim-1",
+    "max_tokens": 2048,
+    "thinking": {"type": "enabled", "budget_tokens": 1024},
+    "messages": [{"role": "user", "content": "Think, then answer."}],
+}
+
+
+def script(**fields: Any) -> dict[str, str]:
+    """Request headers telling the simulated upstream what to do for this request."""
+    return {"x-sim-script": json.dumps(fields)}
+
+
+def sdk_stream(base_url: str, headers: dict[str, str] | None = None) -> tuple[list[Any], Any]:
+    """Streams one turn with the official SDK: (events as dicts, final message)."""
+    client = anthropic.Anthropic(base_url=base_url, api_key="sk-test", max_retries=0)
+    with client.messages.stream(**MESSAGE_PARAMS, extra_headers=headers or {}) as stream:
+        events = [event.model_dump() for event in stream]
+        final = stream.get_final_message()
+    client.close()
+    return events, final
+
+
+def raw_stream(
+    base_url: str, body: bytes | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    """POSTs a streaming request with httpx2 and returns the undecoded response bytes."""
+    body = body if body is not None else json.dumps({**MESSAGE_PARAMS, "stream": True}).encode()
+    with (
+        httpx2.Client(timeout=30) as client,
+        client.stream(
+            "POST",
+            base_url + "/v1/messages",
+            content=body,
+            headers={"content-type": "application/json", **(headers or {})},
+        ) as response,
+    ):
+        data = b"".join(response.iter_raw())
+        return response.status_code, dict(response.headers), data
+
+
+def raw_http(port: int, request: bytes, timeout: float = 10.0) -> bytes:
+    """Sends bytes on a fresh TCP connection and reads until the server closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(request)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def without_keepalives(data: bytes, frame: bytes = KEEPALIVE) -> bytes:
+    return data.replace(frame, b"")

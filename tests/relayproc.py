@@ -1,0 +1,104 @@
+"""Runs `python -m relay` as a real process on an ephemeral port, for tests."""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+_READY = re.compile(rb"listening on http://[^:]+:(\d+)")
+REPO = Path(__file__).resolve().parent.parent
+
+
+class RelayProcess:
+    """A relay subprocess; `url` is where clients connect."""
+
+    def __init__(
+        self,
+        upstream: str,
+        *extra: str,
+        keepalive: float = 0.1,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        args = [
+            sys.executable,
+            "-m",
+            "relay",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            upstream,
+            "--keepalive-interval",
+            str(keepalive),
+            *extra,
+        ]
+        self.proc = subprocess.Popen(
+            args,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=REPO,
+            env={**os.environ, **(env or {})},
+        )
+        self.ready_line = self._read_ready_line()
+        match = _READY.search(self.ready_line)
+        assert match, self.ready_line
+        self.port = int(match.group(1))
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def _read_ready_line(self, timeout: float = 20.0) -> bytes:
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([self.proc.stdout], [], [], 0.1)
+            if ready:
+                return self.proc.stdout.readline()
+            if self.proc.poll() is not None:
+                break
+        err = self.proc.stderr.read() if self.proc.stderr else b""
+        raise RuntimeError(f"relay did not start: {err.decode(errors='replace')}")
+
+    def rss_kib(self) -> int:
+        """Resident memory of the relay process, from /proc."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise RuntimeError("no VmRSS")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
+        return self.proc.returncode
+
+    def __enter__(self) -> RelayProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def run_cli(
+    args: Sequence[str], env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Runs the CLI to completion (for flag validation and --version)."""
+    return subprocess.run(
+        [sys.executable, "-m", "relay", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        timeout=30,
+    )
