@@ -81,13 +81,12 @@ class Http1Server(asyncio.Protocol):
             except h11.RemoteProtocolError as exc:
                 self._refuse(exc)
                 return
-            kind = type(event)
-            if kind is h11.Data:
+            if isinstance(event, h11.Data):
                 if self._stream is not None:
                     self._stream.on_request_body(event.data)
-            elif kind is h11.Request:
+            elif isinstance(event, h11.Request):
                 self._open_stream(event)
-            elif kind is h11.EndOfMessage:
+            elif isinstance(event, h11.EndOfMessage):
                 if self._stream is not None:
                     self._stream.on_request_end()
                 self._maybe_next_cycle()
@@ -97,7 +96,7 @@ class Http1Server(asyncio.Protocol):
                 # A pipelined request waits until this response is done.
                 self._transport.pause_reading()
                 return
-            elif kind is h11.ConnectionClosed:
+            elif isinstance(event, h11.ConnectionClosed):
                 return
 
     def _open_stream(self, request: h11.Request) -> None:
@@ -171,7 +170,7 @@ class Http1Server(asyncio.Protocol):
             # it per chunk is safe and saves an event object and a state-machine pass.
             transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
         else:
-            transport.writelines(self._h11.send_with_data_passthrough(h11.Data(data=data)))
+            transport.writelines(self._h11.send_with_data_passthrough(h11.Data(data=data)) or ())
 
     def send_end(self) -> None:
         self._stream = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import sys
 
@@ -15,6 +16,9 @@ from relay.sse_scanner import IMPLEMENTATION
 
 async def serve(config: RelayConfig) -> None:
     """Accept clients until SIGTERM or SIGINT."""
+    logging.basicConfig(
+        stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
+    )
     loop = asyncio.get_running_loop()
     context = RelayContext(config)
     server = await loop.create_server(

@@ -10,6 +10,7 @@ at boundaries, and failures end the response in the API's own format.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -25,6 +26,8 @@ from relay.errors import (
 from relay.headers import Headers, end_to_end, header_value
 from relay.keepalive import KeepaliveClock
 from relay.sse_scanner import FrameScanner
+
+log = logging.getLogger("sse_relay")
 
 _BOM = b"\xef\xbb\xbf"
 # Closes a partial frame so every parser drops it: the SDKs skip `ping` events before
@@ -204,6 +207,11 @@ class RelayStream:
                 self._arm(self._loop.time() + self._settings.keepalive_interval)
             else:
                 self._counters.sse_compressed += 1
+                log.warning(
+                    "SSE response for %s is content-encoded (%s): relayed without keepalives",
+                    self._head.target.decode(errors="replace"),
+                    encoding.decode(errors="replace"),
+                )
         self._client.send_head(status, headers)
 
     def on_response_body(self, data: bytes) -> None:

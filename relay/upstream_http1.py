@@ -84,7 +84,9 @@ class Http1Upstream(asyncio.Protocol):
 
     def send_body(self, data: bytes) -> None:
         if self._transport is not None and self._h11.our_state is h11.SEND_BODY:
-            self._transport.writelines(self._h11.send_with_data_passthrough(h11.Data(data=data)))
+            self._transport.writelines(
+                self._h11.send_with_data_passthrough(h11.Data(data=data)) or ()
+            )
 
     def send_end(self) -> None:
         if self._transport is not None and self._h11.our_state is h11.SEND_BODY:
@@ -118,18 +120,21 @@ class Http1Upstream(asyncio.Protocol):
             except h11.RemoteProtocolError as exc:
                 self._fail(f"upstream {self._pool.url} broke HTTP/1.1: {exc}")
                 return
-            kind = type(event)
-            if kind is h11.Data:
+            if isinstance(event, h11.Data):
                 if self._sink is not None:
                     self._sink.on_response_body(event.data)
-            elif kind is h11.Response:
+            elif isinstance(event, h11.Response):
                 self._head_seen = True
                 if self._sink is not None:
                     self._sink.on_response_head(event.status_code, list(event.headers))
-            elif kind is h11.EndOfMessage:
+            elif isinstance(event, h11.EndOfMessage):
                 self._end_exchange()
                 return
-            elif event is h11.NEED_DATA or event is h11.PAUSED or kind is h11.ConnectionClosed:
+            elif (
+                event is h11.NEED_DATA
+                or event is h11.PAUSED
+                or isinstance(event, h11.ConnectionClosed)
+            ):
                 return
             # InformationalResponse (100 Continue and the like) is not relayed.
 

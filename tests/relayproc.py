@@ -8,6 +8,7 @@ import select
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,10 +39,12 @@ class RelayProcess:
             str(keepalive),
             *extra,
         ]
+        # A file, not a pipe: a chatty relay must never block on a full pipe buffer.
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (lives as long as the process)
         self.proc = subprocess.Popen(
             args,
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=self._stderr,
             cwd=REPO,
             env={**os.environ, **(env or {})},
         )
@@ -60,8 +63,13 @@ class RelayProcess:
                 return self.proc.stdout.readline()
             if self.proc.poll() is not None:
                 break
-        err = self.proc.stderr.read() if self.proc.stderr else b""
-        raise RuntimeError(f"relay did not start: {err.decode(errors='replace')}")
+        raise RuntimeError(f"relay did not start: {self.stderr_text.decode(errors='replace')}")
+
+    @property
+    def stderr_text(self) -> bytes:
+        """Everything the relay logged so far."""
+        self._stderr.seek(0)
+        return self._stderr.read()
 
     def rss_kib(self) -> int:
         """Resident memory of the relay process, from /proc."""
@@ -78,9 +86,8 @@ class RelayProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        for pipe in (self.proc.stdout, self.proc.stderr):
-            if pipe is not None:
-                pipe.close()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
         return self.proc.returncode
 
     def __enter__(self) -> RelayProcess:

@@ -271,3 +271,13 @@ def test_curl_streams_through_the_relay(sim: SimServer, relay: RelayProcess) -> 
     ).stdout
     assert KEEPALIVE in relayed
     assert without_keepalives(relayed) == direct
+
+
+def test_compressed_sse_is_forwarded_untouched_without_keepalives(sim: SimServer) -> None:
+    gzipped = script(content_encoding="gzip", gaps=[[3, 6 * KA]])
+    _, direct_headers, direct = raw_stream(sim.url, headers=gzipped)
+    with RelayProcess(sim.url, keepalive=KA) as relay:
+        _, headers, relayed = raw_stream(relay.url, headers=gzipped)
+    assert direct_headers["content-encoding"] == headers["content-encoding"] == "gzip"
+    assert relayed == direct and KEEPALIVE not in relayed
+    assert b"content-encoded (gzip): relayed without keepalives" in relay.stderr_text
