@@ -48,6 +48,16 @@ class RelayConfig:
     read_timeout: float = 600.0
     tls_verify: bool = True
     upstream_ca: str | None = None
+    max_header_bytes: int = 64 * 1024
+    max_body_bytes: int = 32 * 1024 * 1024
+    header_timeout: float = 30.0
+    max_streams: int = 10_000
+    retry_attempts: int = 3
+    retry_budget: float = 10.0
+    retry_statuses: frozenset[int] = field(default_factory=frozenset)
+    deny_params: frozenset[str] = field(default_factory=frozenset)
+    on_deny: str = "reject"
+    drain_timeout: float = 30.0
 
 
 def parse_upstream(value: str) -> UpstreamTarget:
@@ -75,6 +85,26 @@ def _positive_seconds(value: str) -> float:
     return seconds
 
 
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number <= 0:
+        raise ValueError(f"expected a positive whole number, got {value!r}")
+    return number
+
+
+def _retry_status(value: str) -> int:
+    status = int(value)
+    if status not in (429, 500, 502, 503, 504, 529):
+        raise ValueError(f"expected a retryable status (429, 5xx, 529), got {value!r}")
+    return status
+
+
+def _param_name(value: str) -> str:
+    if not value or not value.replace("_", "").isalnum():
+        raise ValueError(f"expected a top-level request param name, got {value!r}")
+    return value
+
+
 def _boolean(value: str) -> bool:
     lowered = value.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -99,6 +129,8 @@ class _Setting:
     parse: Callable[[str], Any]
     help: str
     metavar: str = "VALUE"
+    #: May be given more than once (in the environment: comma-separated).
+    repeat: bool = False
 
     @property
     def env(self) -> str:
@@ -107,7 +139,13 @@ class _Setting:
 
 SETTINGS: tuple[_Setting, ...] = (
     _Setting("listen", parse_listen, "address to accept clients on (127.0.0.1:8080)", "HOST:PORT"),
-    _Setting("upstream", parse_upstream, "upstream base URL (https://api.anthropic.com)", "URL"),
+    _Setting(
+        "upstream",
+        parse_upstream,
+        "upstream base URL (https://api.anthropic.com); repeat for fail-over on retries",
+        "URL",
+        repeat=True,
+    ),
     _Setting(
         "keepalive-interval",
         _positive_seconds,
@@ -129,6 +167,31 @@ SETTINGS: tuple[_Setting, ...] = (
     ),
     _Setting("tls-verify", _boolean, "verify upstream TLS certificates (true)", "true|false"),
     _Setting("upstream-ca", str, "CA bundle to verify upstream with (system store)", "PATH"),
+    _Setting("max-header-bytes", _positive_int, "request head size limit, 431 past it (65536)"),
+    _Setting("max-body-bytes", _positive_int, "request body limit, 413 past it (33554432)"),
+    _Setting("header-timeout", _positive_seconds, "time to send a request head, 408 past it (30)"),
+    _Setting("max-streams", _positive_int, "concurrent streams, 503 past it (10000)"),
+    _Setting("retry-attempts", _positive_int, "upstream tries per request, first included (3)"),
+    _Setting(
+        "retry-budget", _positive_seconds, "time within which retries may start (10)", "SECONDS"
+    ),
+    _Setting(
+        "retry-on-status",
+        _retry_status,
+        "also retry these upstream statuses, honouring retry-after (none)",
+        "STATUS",
+        repeat=True,
+    ),
+    _Setting(
+        "deny-param", _param_name, "refuse or strip this body param (none)", "NAME", repeat=True
+    ),
+    _Setting("on-deny", _choice("reject", "strip"), "what a denied param gets (reject)"),
+    _Setting(
+        "drain-timeout",
+        _positive_seconds,
+        "on SIGTERM, time streams get to finish (30)",
+        "SECONDS",
+    ),
 )
 
 _FIELDS = {
@@ -138,6 +201,14 @@ _FIELDS = {
     "upstream-read-timeout": "read_timeout",
     "tls-verify": "tls_verify",
     "upstream-ca": "upstream_ca",
+    "max-header-bytes": "max_header_bytes",
+    "max-body-bytes": "max_body_bytes",
+    "header-timeout": "header_timeout",
+    "max-streams": "max_streams",
+    "retry-attempts": "retry_attempts",
+    "retry-budget": "retry_budget",
+    "on-deny": "on_deny",
+    "drain-timeout": "drain_timeout",
 }
 
 DEFAULT_UPSTREAM = "https://api.anthropic.com"
@@ -149,6 +220,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
             "--" + setting.flag,
             metavar=setting.metavar,
+            action="append" if setting.repeat else "store",
             help=f"{setting.help}; env {setting.env}",
         )
 
@@ -157,18 +229,25 @@ def load(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> R
     """Resolve flag > environment > default for every setting and validate it."""
     values: dict[str, Any] = {}
     for setting in SETTINGS:
-        raw: str | None = getattr(args, setting.flag.replace("-", "_"))
+        raw: str | list[str] | None = getattr(args, setting.flag.replace("-", "_"))
         source = f"--{setting.flag}"
         if raw is None and setting.env in environ:
             raw, source = environ[setting.env], setting.env
+            if setting.repeat:
+                raw = [item.strip() for item in raw.split(",") if item.strip()]
         if raw is None:
             continue
         try:
-            values[setting.flag] = setting.parse(raw)
+            if isinstance(raw, list):
+                values[setting.flag] = tuple(setting.parse(item) for item in raw)
+            else:
+                values[setting.flag] = setting.parse(raw)
         except ValueError as exc:
             raise ConfigError(f"{source}: {exc}") from None
     kwargs: dict[str, Any] = {_FIELDS[k]: v for k, v in values.items() if k in _FIELDS}
     if "listen" in values:
         kwargs["listen_host"], kwargs["listen_port"] = values["listen"]
-    kwargs["upstreams"] = (values.get("upstream") or parse_upstream(DEFAULT_UPSTREAM),)
+    kwargs["upstreams"] = values.get("upstream") or (parse_upstream(DEFAULT_UPSTREAM),)
+    kwargs["retry_statuses"] = frozenset(values.get("retry-on-status", ()))
+    kwargs["deny_params"] = frozenset(values.get("deny-param", ()))
     return RelayConfig(**kwargs)

@@ -10,9 +10,14 @@ class Counters:
     """Plain integer counters; the event loop is single-threaded, so no locking."""
 
     streams_total: int = 0
-    streams_active: int = 0
     keepalives: int = 0
     client_aborts: int = 0
     upstream_errors: int = 0
+    read_timeouts: int = 0
+    retries: int = 0
+    #: Requests answered by the relay itself (limits, policy, overload).
+    refused: int = 0
+    #: Messages streams that ended without message_stop and got an error frame.
+    truncated: int = 0
     #: SSE responses that arrived content-encoded and so could take no keepalives.
     sse_compressed: int = 0

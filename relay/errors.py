@@ -19,6 +19,10 @@ class RelayError(Exception):
     retryable: bool = True
     #: The connection cannot carry another request after this answer.
     close_connection: bool = False
+    #: The relay itself may try upstream again (only before the client saw a byte).
+    transparent_retry: bool = False
+    #: Seconds for a `retry-after` header, when the answer should carry one.
+    retry_after: int | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -26,16 +30,33 @@ class RelayError(Exception):
 
 
 class UpstreamUnavailable(RelayError):
-    """Connecting to upstream failed, or it closed before sending a response head."""
+    """Connecting to upstream failed, or it closed before sending a response head.
+
+    Nothing reached the client yet, so the relay may retry transparently.
+    """
 
     status = 502
+    transparent_retry = True
+
+
+class UpstreamCertificateError(UpstreamUnavailable):
+    """Upstream's certificate failed verification: a configuration fault, not transient."""
+
+    retryable = False
+    transparent_retry = False
 
 
 class UpstreamTimeout(RelayError):
-    """Upstream did not connect or answer within the configured timeout."""
+    """Upstream did not answer within the read timeout."""
 
     status = 504
     error_type = "timeout_error"
+
+
+class ConnectTimeout(UpstreamTimeout):
+    """Upstream did not accept a connection in time: nothing was sent, so retry is free."""
+
+    transparent_retry = True
 
 
 class UpstreamLost(RelayError):
@@ -51,6 +72,46 @@ class BadRequest(RelayError):
     error_type = "invalid_request_error"
     retryable = False
     close_connection = True
+
+
+class ParamDenied(RelayError):
+    """The body policy refuses a request param; nothing was forwarded."""
+
+    status = 400
+    error_type = "invalid_request_error"
+    retryable = False
+
+
+class BodyTooLarge(RelayError):
+    """The request body exceeds the relay's limit."""
+
+    status = 413
+    error_type = "request_too_large"
+    retryable = False
+    close_connection = True
+
+
+class HeadersTooLarge(BadRequest):
+    """The request head exceeds the relay's limit."""
+
+    status = 431
+
+
+class HeaderTimeout(RelayError):
+    """The request head did not arrive in time (slowloris)."""
+
+    status = 408
+    error_type = "timeout_error"
+    retryable = False
+    close_connection = True
+
+
+class Overloaded(RelayError):
+    """The relay is at its stream limit, or draining for a restart."""
+
+    status = 503
+    error_type = "overloaded_error"
+    retry_after = 1
 
 
 def new_request_id() -> str:

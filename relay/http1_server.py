@@ -7,20 +7,36 @@ it carries (one at a time; pipelined requests wait their turn).
 from __future__ import annotations
 
 import asyncio
+import logging
 from http import HTTPStatus
 from typing import cast
 
 import h11
 
-from relay.errors import BadRequest, new_request_id, render_error_body
-from relay.headers import Headers
+from relay.errors import (
+    BadRequest,
+    HeadersTooLarge,
+    HeaderTimeout,
+    RelayError,
+    new_request_id,
+    render_error_body,
+)
+from relay.exchange import Headers, RequestHead
 from relay.relay_context import RelayContext
-from relay.stream import RelayStream, RequestHead
+from relay.stream import RelayStream
 
 # The client's send buffer: past HIGH the stream stops reading upstream (backpressure).
 WRITE_HIGH = 64 * 1024
 WRITE_LOW = 16 * 1024
+# An idle keep-alive connection is closed after this long: longer than the idle timeout
+# of common load balancers (60-350 s), so that they, not we, close first.
+IDLE_SECONDS = 620.0
+# After an answer sent while the client may still be sending, input is read and dropped
+# for this long before closing: closing with unread input makes the kernel send RST,
+# which can destroy the answer before the client reads it.
+LINGER_SECONDS = 2.0
 _NO_BODY_STATUS = frozenset({204, 304})
+log = logging.getLogger("sse_relay")
 _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 
 
@@ -29,8 +45,14 @@ class Http1Server(asyncio.Protocol):
 
     def __init__(self, context: RelayContext) -> None:
         self._context = context
-        self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=context.max_header_bytes)
+        self._h11 = h11.Connection(
+            h11.SERVER, max_incomplete_event_size=context.config.max_header_bytes
+        )
         self._transport: asyncio.Transport | None = None
+        # Waiting for a request head: a timer, and whether any byte of it came yet.
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._head_started = False
+        self._lingering = False
         self._client_ip: str | None = None
         self._stream: RelayStream | None = None
         self._method = b""
@@ -45,8 +67,15 @@ class Http1Server(asyncio.Protocol):
         self._transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)
         peer = self._transport.get_extra_info("peername")
         self._client_ip = peer[0] if isinstance(peer, tuple) else None
+        self._await_head(self._context.config.header_timeout)
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            return
+        if self._head_timer is not None and not self._head_started:
+            # The first byte of a request head starts the slowloris clock.
+            self._head_started = True
+            self._await_head(self._context.config.header_timeout)
         self._h11.receive_data(data)
         self._drain_events()
 
@@ -59,6 +88,7 @@ class Http1Server(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
         stream, self._stream = self._stream, None
         if stream is not None:
             stream.on_client_gone()
@@ -100,43 +130,96 @@ class Http1Server(asyncio.Protocol):
                 return
 
     def _open_stream(self, request: h11.Request) -> None:
+        self._cancel_head_timer()
         if self._h11.they_are_waiting_for_100_continue:
             self._write(self._h11.send(h11.InformationalResponse(status_code=100, headers=[])))
         self._method = request.method
         head = RequestHead(request.method, request.target, list(request.headers), self._client_ip)
-        self._stream = self._context.open_stream(self, head)
+        self._stream = self._context.new_stream(self, head)
+        self._context.start(self._stream)
+
+    def _await_head(self, timeout: float) -> None:
+        self._cancel_head_timer()
+        self._head_timer = asyncio.get_running_loop().call_later(timeout, self._head_timed_out)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self._transport is None:
+            return
+        if not self._head_started:
+            self._transport.close()  # an idle keep-alive connection: nothing to answer
+            return
+        error = HeaderTimeout(
+            f"request head not received within {self._context.config.header_timeout:g} s"
+        )
+        log.warning("refused connection from %s: %s", self._client_ip, error.message)
+        self._context.counters.refused += 1
+        self._write_refusal(error)
 
     def _refuse(self, exc: h11.RemoteProtocolError) -> None:
         """Malformed or oversize input: answer in the API's error shape, then close."""
-        status = exc.error_status_hint
-        message = f"malformed HTTP/1.1 request: {exc}"
-        if status == 431:
-            message = "request header fields too large"
-        error = BadRequest(message)
+        error = (
+            HeadersTooLarge("request header fields too large")
+            if exc.error_status_hint == 431
+            else BadRequest(f"malformed HTTP/1.1 request: {exc}")
+        )
+        log.warning("refused connection from %s: %d %s", self._client_ip, error.status, exc)
+        self._context.counters.refused += 1
         stream, self._stream = self._stream, None
         if stream is not None:
             stream.on_client_gone()
+        self._write_refusal(error)
+
+    def _write_refusal(self, error: RelayError) -> None:
+        """An error answer written by hand, then close: h11 frames nothing for a peer
+        that broke protocol."""
         if self._transport is None:
             return
         if self._h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-            # Written by hand: h11 refuses to frame anything once the peer broke protocol.
             body = render_error_body(error.error_type, error.message)
             self._transport.write(
                 b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
                 b"request-id: %s\r\nx-should-retry: false\r\nconnection: close\r\n\r\n%s"
-                % (status, _REASONS.get(status, b""), len(body), new_request_id().encode(), body)
+                % (
+                    error.status,
+                    _REASONS.get(error.status, b""),
+                    len(body),
+                    new_request_id().encode(),
+                    body,
+                )
             )
-        self._transport.close()
+        self._close_lingering()
+
+    def _close_lingering(self) -> None:
+        transport = self._transport
+        if transport is None or self._lingering:
+            return
+        self._lingering = True
+        self._cancel_head_timer()
+        if transport.can_write_eof():
+            transport.write_eof()
+        transport.resume_reading()
+        asyncio.get_running_loop().call_later(LINGER_SECONDS, transport.close)
 
     def _maybe_next_cycle(self) -> None:
         """After a complete exchange, get ready for the next request on this connection."""
         conn = self._h11
         if self._stream is not None or self._transport is None:
             return
-        if conn.our_state is h11.MUST_CLOSE:
-            self._transport.close()
+        if conn.our_state is h11.MUST_CLOSE or self._context.draining:
+            if conn.their_state is h11.DONE or conn.their_state is h11.MUST_CLOSE:
+                self._transport.close()
+            else:
+                self._close_lingering()
         elif conn.our_state is h11.DONE and conn.their_state is h11.DONE:
             conn.start_next_cycle()
+            self._head_started = False
+            self._await_head(IDLE_SECONDS)
             self._transport.resume_reading()
             self._drain_events()
 
@@ -155,6 +238,8 @@ class Http1Server(asyncio.Protocol):
         )
         if chunked:
             headers = [*headers, (b"transfer-encoding", b"chunked")]
+        if self._context.draining:
+            headers = [*headers, (b"connection", b"close")]
         self._chunked = chunked
         response = h11.Response(
             status_code=status, headers=headers, reason=_REASONS.get(status, b"")
@@ -175,7 +260,7 @@ class Http1Server(asyncio.Protocol):
     def send_end(self) -> None:
         self._stream = None
         self._write(self._h11.send(h11.EndOfMessage()))
-        if self._h11.their_state is h11.SEND_BODY:
+        if self._h11.their_state is h11.SEND_BODY and self._h11.our_state is h11.DONE:
             # Answered before the request body was read: discard the rest, then reuse.
             return
         self._maybe_next_cycle()

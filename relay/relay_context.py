@@ -1,14 +1,19 @@
-"""What every protocol adapter shares: settings, counters and the way to upstream."""
+"""What every protocol adapter shares: settings, counters, live streams, upstreams."""
 
 from __future__ import annotations
 
+import asyncio
+
+from relay.body_policy import BodyPolicy
 from relay.config import RelayConfig
 from relay.counters import Counters
+from relay.errors import Overloaded
+from relay.exchange import ClientSide, RequestHead, ResponseSink, StreamSettings
 from relay.keepalive import FRAMES
-from relay.stream import ClientSide, RelayStream, RequestHead, StreamSettings
+from relay.retry import RetryPolicy
+from relay.stream import RelayStream
+from relay.upstream_http1 import Http1Upstream
 from relay.upstream_pool import UpstreamPool, tls_context
-
-MAX_HEADER_BYTES = 64 * 1024
 
 
 class RelayContext:
@@ -17,21 +22,57 @@ class RelayContext:
     def __init__(self, config: RelayConfig) -> None:
         self.config = config
         self.counters = Counters()
-        self.max_header_bytes = MAX_HEADER_BYTES
+        self.active: set[RelayStream] = set()
+        self.draining = False
         self.settings = StreamSettings(
             keepalive_interval=config.keepalive_interval,
             keepalive_frame=FRAMES[config.keepalive_frame],
             read_timeout=config.read_timeout,
+            max_body_bytes=config.max_body_bytes,
+            retry=RetryPolicy(
+                attempts=config.retry_attempts,
+                budget=config.retry_budget,
+                statuses=config.retry_statuses,
+            ),
+            body_policy=BodyPolicy(config.deny_params, config.on_deny),
         )
         tls = tls_context(config.tls_verify, config.upstream_ca)
-        self.pool = UpstreamPool(
-            config.upstreams[0], connect_timeout=config.connect_timeout, tls=tls
-        )
+        self.pools = [
+            UpstreamPool(target, connect_timeout=config.connect_timeout, tls=tls)
+            for target in config.upstreams
+        ]
 
-    def open_stream(self, client: ClientSide, head: RequestHead) -> RelayStream:
-        stream = RelayStream(client, head, self.settings, self.counters)
-        stream.start(self.pool.open)
-        return stream
+    def new_stream(self, client: ClientSide, head: RequestHead) -> RelayStream:
+        """A stream for the adapter to keep; `start` it once the adapter holds it."""
+        return RelayStream(client, head, self.settings, self.counters, self.active)
+
+    def start(self, stream: RelayStream) -> None:
+        """Relay the stream, or refuse it at once (draining, over the stream limit)."""
+        if self.draining:
+            stream.refuse(Overloaded("sse-relay is restarting; retry the request"))
+        elif len(self.active) > self.config.max_streams:
+            stream.refuse(
+                Overloaded(f"sse-relay is at its limit of {self.config.max_streams} streams")
+            )
+        else:
+            stream.start(self._open_upstream)
+
+    async def _open_upstream(
+        self, head: RequestHead, sink: ResponseSink, attempt: int
+    ) -> Http1Upstream:
+        # Retries move on to the next configured upstream, round robin.
+        return await self.pools[attempt % len(self.pools)].open(head, sink)
+
+    async def drain(self, timeout: float) -> None:
+        """Let live streams finish for up to `timeout` s, then end the rest cleanly."""
+        self.draining = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.active and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for stream in list(self.active):
+            stream.end_for_drain()
 
     def close(self) -> None:
-        self.pool.close()
+        for pool in self.pools:
+            pool.close()

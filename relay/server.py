@@ -13,6 +13,11 @@ from relay.http1_server import Http1Server
 from relay.relay_context import RelayContext
 from relay.sse_scanner import IMPLEMENTATION
 
+log = logging.getLogger("sse_relay")
+
+# After the drain, time for the last error frames to leave the socket buffers.
+_FLUSH_SECONDS = 0.2
+
 
 async def serve(config: RelayConfig) -> None:
     """Accept clients until SIGTERM or SIGINT."""
@@ -39,7 +44,13 @@ async def serve(config: RelayConfig) -> None:
     )
     try:
         await stop.wait()
+        # Graceful drain: stop accepting, let streams finish, end the rest cleanly.
+        server.close()
+        live = len(context.active)
+        log.info("draining %d streams for up to %g s", live, config.drain_timeout)
+        await context.drain(config.drain_timeout)
+        await asyncio.sleep(_FLUSH_SECONDS)
     finally:
         server.close()
         context.close()
-        print("sse-relay stopped", file=sys.stderr, flush=True)
+        log.info("sse-relay stopped")

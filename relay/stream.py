@@ -1,100 +1,73 @@
 """The relay core: one request/response exchange, whatever HTTP version carries it.
 
-A protocol adapter (HTTP/1.1, HTTP/2, HTTP/3) turns its library's events into calls on
-`RelayStream` and implements `ClientSide`; the upstream side implements
-`UpstreamExchange` and calls back the `on_response_*` methods. The SSE rules live here
-once: bytes pass untouched, the scanner tracks frame boundaries, keepalives go in only
-at boundaries, and failures end the response in the API's own format.
+A protocol adapter turns its library's events into `on_request_*` / `on_client_*`
+calls and implements `ClientSide`; an upstream exchange calls `on_response_*`. The SSE
+rules live here once: bytes pass untouched, the scanner tracks frame boundaries,
+keepalives go in only at boundaries, retries happen only while the client has seen
+nothing, and every failure ends the response in the API's own format.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Protocol
+import random
+from dataclasses import replace
 
 from relay.counters import Counters
 from relay.errors import (
+    BodyTooLarge,
+    Overloaded,
     RelayError,
     UpstreamLost,
-    error_frame,
+    UpstreamTimeout,
     new_request_id,
     render_error_body,
 )
-from relay.headers import Headers, end_to_end, header_value
+from relay.exchange import (
+    ClientSide,
+    Headers,
+    OpenUpstream,
+    RequestHead,
+    StreamSettings,
+    UpstreamExchange,
+)
+from relay.headers import end_to_end, header_value
 from relay.keepalive import KeepaliveClock
+from relay.retry import retry_after
+from relay.sse_endings import ending_frames, needs_truncation_error
 from relay.sse_scanner import FrameScanner
 
 log = logging.getLogger("sse_relay")
 
 _BOM = b"\xef\xbb\xbf"
-# Closes a partial frame so every parser drops it: the SDKs skip `ping` events before
-# looking at their data, so the half-sent data never reaches JSON decoding.
-_DISCARD_PARTIAL_FRAME = b"event: ping\n\n"
-
-
-@dataclass(frozen=True, slots=True)
-class RequestHead:
-    """A client request as the core sees it: HTTP-version-neutral."""
-
-    method: bytes
-    target: bytes
-    headers: Headers
-    client_ip: str | None
-
-
-class ClientSide(Protocol):
-    """What an adapter offers the core for one stream towards the client."""
-
-    def send_head(self, status: int, headers: Headers) -> None: ...
-    def send_body(self, data: bytes) -> None: ...
-    def send_end(self) -> None: ...
-    def abort(self) -> None: ...
-    def pause_request_body(self) -> None: ...
-    def resume_request_body(self) -> None: ...
-
-
-class UpstreamExchange(Protocol):
-    """One request in flight to upstream, as the core drives it."""
-
-    def send_body(self, data: bytes) -> None: ...
-    def send_end(self) -> None: ...
-    def abort(self) -> None: ...
-    def pause_reading(self) -> None: ...
-    def resume_reading(self) -> None: ...
-
-
-#: Opens an upstream exchange for a request head and hands responses to the stream.
-OpenUpstream = Callable[[RequestHead, "RelayStream"], Awaitable[UpstreamExchange]]
-
-
-@dataclass(frozen=True, slots=True)
-class StreamSettings:
-    keepalive_interval: float
-    keepalive_frame: bytes
-    read_timeout: float
 
 
 class RelayStream:
     """Relays one exchange: request to upstream, response back, keepalives in between."""
 
     __slots__ = (
-        "_body_backlog",
+        "_active",
+        "_body",
+        "_body_size",
         "_client",
         "_client_paused",
         "_clock",
         "_counters",
+        "_dropped_params",
         "_finished",
         "_head",
         "_head_sent",
+        "_hold_body",
         "_last_byte",
         "_loop",
+        "_open_upstream",
         "_request_ended",
         "_scanner",
         "_settings",
+        "_started",
         "_timer",
+        "_tries",
         "_upstream",
         "bytes_out",
         "keepalives",
@@ -106,14 +79,23 @@ class RelayStream:
         head: RequestHead,
         settings: StreamSettings,
         counters: Counters,
+        active: set[RelayStream],
     ) -> None:
         self._client = client
         self._head = head
         self._settings = settings
         self._counters = counters
+        self._active = active
         self._loop = asyncio.get_running_loop()
+        self._open_upstream: OpenUpstream | None = None
         self._upstream: UpstreamExchange | None = None
-        self._body_backlog: list[bytes] | None = []
+        # Every request body chunk, kept for a transparent retry until the response
+        # head reaches the client (bounded by max_body_bytes); None after that.
+        self._body: list[bytes] | None = []
+        self._body_size = 0
+        # With a body policy the whole body is needed before anything goes upstream.
+        self._hold_body = settings.body_policy.active and head.method == b"POST"
+        self._dropped_params: tuple[str, ...] = ()
         self._request_ended = False
         self._head_sent = False
         self._finished = False
@@ -121,44 +103,62 @@ class RelayStream:
         self._scanner: FrameScanner | None = None
         self._clock: KeepaliveClock | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._last_byte = self._loop.time()
+        self._started = self._last_byte = self._loop.time()
+        self._tries = 0
         self.bytes_out = 0
         self.keepalives = 0
         counters.streams_total += 1
-        counters.streams_active += 1
+        active.add(self)
 
     def start(self, open_upstream: OpenUpstream) -> None:
-        self._loop.create_task(self._connect(open_upstream))
+        self._open_upstream = open_upstream
+        length = header_value(self._head.headers, b"content-length")
+        if length is not None and length.isdigit() and int(length) > self._settings.max_body_bytes:
+            self.refuse(BodyTooLarge(self._too_large_message()))
+        elif not self._hold_body:
+            self._try_upstream()
 
-    async def _connect(self, open_upstream: OpenUpstream) -> None:
-        try:
-            upstream = await open_upstream(self._head, self)
-        except RelayError as error:
-            self.on_upstream_failed(error)
+    def refuse(self, error: RelayError) -> None:
+        """Answer the client without asking upstream (limits, policy, overload)."""
+        if self._finished:
             return
-        if self._finished:  # the client left while we were connecting
-            upstream.abort()
-            return
-        self._upstream = upstream
-        for chunk in self._body_backlog or ():
-            upstream.send_body(chunk)
-        self._body_backlog = None
-        if self._request_ended:
-            upstream.send_end()
-        self._last_byte = self._loop.time()
-        self._arm(self._last_byte + self._settings.read_timeout)
+        self._counters.refused += 1
+        log.warning("refused %s %s: %d %s", *self._describe(), error.status, error.message)
+        self._finish()
+        self._send_error_response(error)
+
+    def end_for_drain(self) -> None:
+        """The relay is shutting down: end this stream so the client retries elsewhere."""
+        self._terminate(
+            Overloaded(
+                "sse-relay is restarting: stream ended after "
+                f"{self.bytes_out} bytes / {self._frames()} events; retry the request"
+            )
+        )
 
     # -- from the client adapter ------------------------------------------------------
 
     def on_request_body(self, data: bytes) -> None:
+        self._body_size += len(data)
+        if self._body_size > self._settings.max_body_bytes:
+            if self._head_sent:
+                self.on_client_gone()
+            else:
+                self._abort_upstream()
+                self.refuse(BodyTooLarge(self._too_large_message()))
+            return
+        if self._body is not None:
+            self._body.append(data)
         if self._upstream is not None:
             self._upstream.send_body(data)
-        elif self._body_backlog is not None:
-            self._body_backlog.append(data)
 
     def on_request_end(self) -> None:
         self._request_ended = True
-        if self._upstream is not None:
+        if self._finished:
+            return
+        if self._hold_body:
+            self._apply_body_policy()
+        elif self._upstream is not None:
             self._upstream.send_end()
 
     def on_client_gone(self) -> None:
@@ -167,8 +167,7 @@ class RelayStream:
             return
         self._counters.client_aborts += 1
         self._finish()
-        if self._upstream is not None:
-            self._upstream.abort()
+        self._abort_upstream()
 
     def on_client_paused(self) -> None:
         """The client's send buffer is over its high-water mark: stop reading upstream."""
@@ -194,7 +193,12 @@ class RelayStream:
     def on_response_head(self, status: int, headers: Headers) -> None:
         if self._finished:
             return
+        if status in self._settings.retry.statuses and self._retry_later(
+            f"upstream answered {status}", retry_after(headers)
+        ):
+            return
         self._head_sent = True
+        self._body = None
         content_type = header_value(headers, b"content-type") or b""
         headers = end_to_end(headers)
         if content_type.lower().startswith(b"text/event-stream"):
@@ -212,6 +216,8 @@ class RelayStream:
                     self._head.target.decode(errors="replace"),
                     encoding.decode(errors="replace"),
                 )
+        if self._dropped_params:
+            headers.append((b"x-sse-relay-dropped-params", ",".join(self._dropped_params).encode()))
         self._client.send_head(status, headers)
 
     def on_response_body(self, data: bytes) -> None:
@@ -229,66 +235,137 @@ class RelayStream:
     def on_response_end(self) -> None:
         if self._finished:
             return
+        self._upstream = None
+        scanner = self._scanner
+        if scanner is not None and needs_truncation_error(scanner):
+            self._counters.truncated += 1
+            self._terminate(self._lost("the stream ended without message_stop"))
+            return
         self._finish()
         self._client.send_end()
 
     def on_upstream_failed(self, error: RelayError) -> None:
-        """Upstream could not be reached or died: end the exchange loudly, never silently."""
+        """Upstream could not be reached or died: retry if free, else end loudly."""
         if self._finished:
             return
+        self._abort_upstream()
+        if error.transparent_retry and self._retry_later(error.message):
+            return
         self._counters.upstream_errors += 1
+        self._terminate(self._lost(error.message) if self._head_sent else error)
+
+    # -- internals --------------------------------------------------------------------
+
+    def _try_upstream(self) -> None:
+        if self._finished or self._open_upstream is None:
+            return
+        self._tries += 1
+        self._loop.create_task(self._connect(self._open_upstream, self._tries - 1))
+
+    async def _connect(self, open_upstream: OpenUpstream, attempt: int) -> None:
+        try:
+            upstream = await open_upstream(self._head, self, attempt)
+        except RelayError as error:
+            self.on_upstream_failed(error)
+            return
+        if self._finished:  # the client left while we were connecting
+            upstream.abort()
+            return
+        self._upstream = upstream
+        for chunk in self._body or ():
+            upstream.send_body(chunk)
+        if self._request_ended:
+            upstream.send_end()
+        self._last_byte = self._loop.time()
+        self._arm(self._last_byte + self._settings.read_timeout)
+
+    def _retry_later(self, reason: str, retry_after: float | None = None) -> bool:
+        """Schedule another try if nothing reached the client and the budget allows."""
+        if self._head_sent or self._body is None:
+            return False
+        elapsed = self._loop.time() - self._started
+        delay = self._settings.retry.delay(self._tries, elapsed, random.random(), retry_after)
+        if delay is None:
+            return False
+        self._abort_upstream()
+        self._cancel_timer()
+        self._counters.retries += 1
+        log.info("retrying %s %s in %.2f s: %s", *self._describe(), delay, reason)
+        self._loop.call_later(delay, self._try_upstream)
+        return True
+
+    def _apply_body_policy(self) -> None:
+        body = b"".join(self._body or ())
+        try:
+            result = self._settings.body_policy.apply(body)
+        except RelayError as error:
+            self.refuse(error)
+            return
+        if result.kept:
+            log.warning("kept denied params %s: params in the body depend on them", result.kept)
+        if result.body is not body:
+            headers = [(k, v) for k, v in self._head.headers if k != b"content-length"]
+            headers.append((b"content-length", str(len(result.body)).encode()))
+            self._head = replace(self._head, headers=headers)
+            self._body = [result.body]
+            self._dropped_params = result.dropped
+        self._try_upstream()
+
+    def _terminate(self, error: RelayError) -> None:
+        """End the exchange with `error`, in the best form the client can still take."""
+        if self._finished:
+            return
         self._finish()
-        if self._upstream is not None:
-            self._upstream.abort()
+        self._abort_upstream()
         if not self._head_sent:
+            log.warning(
+                "answered %s %s with %d: %s", *self._describe(), error.status, error.message
+            )
             self._send_error_response(error)
         elif self._scanner is not None:
-            self._client.send_body(self._close_partial_frame() + self._lost_frame())
+            log.warning("ended %s %s with an error frame: %s", *self._describe(), error.message)
+            self._client.send_body(ending_frames(self._scanner, error.error_type, error.message))
             self._client.send_end()
         else:
             # A fixed-length or compressed body cannot carry an error in-band; a reset is
             # the only way the client learns it is incomplete.
+            log.warning("reset %s %s: %s", *self._describe(), error.message)
             self._client.abort()
-
-    # -- internals --------------------------------------------------------------------
 
     def _send_error_response(self, error: RelayError) -> None:
         body = render_error_body(error.error_type, error.message)
-        self._client.send_head(
-            error.status,
-            [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"request-id", new_request_id().encode()),
-                (b"x-should-retry", b"true" if error.retryable else b"false"),
-            ],
-        )
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"request-id", new_request_id().encode()),
+            (b"x-should-retry", b"true" if error.retryable else b"false"),
+        ]
+        if error.retry_after is not None:
+            headers.append((b"retry-after", str(error.retry_after).encode()))
+        if error.close_connection:
+            headers.append((b"connection", b"close"))
+        self._head_sent = True
+        self._client.send_head(error.status, headers)
         self._client.send_body(body)
         self._client.send_end()
 
-    def _close_partial_frame(self) -> bytes:
-        scanner = self._scanner
-        if scanner is None or scanner.at_boundary:
-            return b""
-        return (b"" if scanner.at_line_start else b"\n") + _DISCARD_PARTIAL_FRAME
-
-    def _lost_frame(self) -> bytes:
-        frames = self._scanner.frames if self._scanner is not None else 0
-        return error_frame(
-            "api_error",
-            f"upstream connection lost after {self.bytes_out} bytes / {frames} events",
-        )
+    def _abort_upstream(self) -> None:
+        upstream, self._upstream = self._upstream, None
+        if upstream is not None:
+            upstream.abort()
 
     def _finish(self) -> None:
         self._finished = True
-        self._counters.streams_active -= 1
+        self._active.discard(self)
+        self._cancel_timer()
+
+    def _cancel_timer(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
 
     def _arm(self, when: float) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+        self._cancel_timer()
         self._timer = self._loop.call_at(when, self._on_timer)
 
     def _on_timer(self) -> None:
@@ -303,9 +380,10 @@ class RelayStream:
             return
         deadline = self._last_byte + self._settings.read_timeout
         if now >= deadline:
-            self.on_upstream_failed(
-                UpstreamLost(f"upstream sent nothing for {self._settings.read_timeout:g} s")
-            )
+            self._counters.upstream_errors += 1
+            self._counters.read_timeouts += 1
+            silent = f"upstream sent nothing for {self._settings.read_timeout:g} s"
+            self._terminate(self._lost(silent) if self._head_sent else UpstreamTimeout(silent))
             return
         next_check = deadline
         clock, scanner = self._clock, self._scanner
@@ -317,3 +395,19 @@ class RelayStream:
                 self._client.send_body(self._settings.keepalive_frame)
             next_check = min(next_check, decision.next_check)
         self._timer = self._loop.call_at(next_check, self._on_timer)
+
+    def _lost(self, reason: str) -> UpstreamLost:
+        """The error a started stream ends with; the message says how far it got."""
+        return UpstreamLost(
+            f"upstream connection lost after {self.bytes_out} bytes / "
+            f"{self._frames()} events: {reason}"
+        )
+
+    def _frames(self) -> int:
+        return self._scanner.frames if self._scanner is not None else 0
+
+    def _too_large_message(self) -> str:
+        return f"request body exceeds the relay's limit of {self._settings.max_body_bytes} bytes"
+
+    def _describe(self) -> tuple[str, str]:
+        return self._head.method.decode(), self._head.target.decode(errors="replace")

@@ -3,29 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, cast
 
 import h11
 
 from relay.errors import RelayError, UpstreamLost, UpstreamUnavailable
-from relay.headers import Headers
+from relay.exchange import Headers, ResponseSink
 
 if TYPE_CHECKING:
     from relay.upstream_pool import UpstreamPool
 
 # Upstream response heads are small; anything larger is a broken upstream.
 _MAX_RESPONSE_HEAD = 256 * 1024
-
-
-class ResponseSink(Protocol):
-    """Where an upstream connection delivers the response it reads (a RelayStream)."""
-
-    def on_response_head(self, status: int, headers: Headers) -> None: ...
-    def on_response_body(self, data: bytes) -> None: ...
-    def on_response_end(self) -> None: ...
-    def on_upstream_failed(self, error: RelayError) -> None: ...
-    def on_upstream_paused(self) -> None: ...
-    def on_upstream_resumed(self) -> None: ...
 
 
 class Http1Upstream(asyncio.Protocol):

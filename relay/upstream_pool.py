@@ -7,9 +7,9 @@ import ssl
 from collections import deque
 
 from relay.config import UpstreamTarget
-from relay.errors import UpstreamTimeout, UpstreamUnavailable
+from relay.errors import ConnectTimeout, UpstreamCertificateError, UpstreamUnavailable
+from relay.exchange import RequestHead, ResponseSink
 from relay.headers import upstream_request_headers
-from relay.stream import RelayStream, RequestHead
 from relay.upstream_http1 import Http1Upstream
 
 #: Idle upstream connections are closed after this long, before upstream's own
@@ -46,8 +46,8 @@ class UpstreamPool:
         self._loop = asyncio.get_running_loop()
         self.connections_opened = 0
 
-    async def open(self, head: RequestHead, stream: RelayStream) -> Http1Upstream:
-        """Send `head` upstream on a pooled or new connection; responses go to `stream`."""
+    async def open(self, head: RequestHead, sink: ResponseSink) -> Http1Upstream:
+        """Send `head` upstream on a pooled or new connection; responses go to `sink`."""
         connection = self._take_idle() or await self._connect()
         # Only POST can stream in the Messages API; ask for an uncompressed body so that
         # keepalives can be injected (a compressed SSE body is relayed without them).
@@ -57,7 +57,7 @@ class UpstreamPool:
             client_ip=head.client_ip,
             identity_encoding=head.method == b"POST",
         )
-        connection.start(head.method, self.target.base_path.encode() + head.target, headers, stream)
+        connection.start(head.method, self.target.base_path.encode() + head.target, headers, sink)
         return connection
 
     def release(self, connection: Http1Upstream) -> None:
@@ -103,8 +103,13 @@ class UpstreamPool:
                 self._connect_timeout,
             )
         except TimeoutError:
-            raise UpstreamTimeout(
+            raise ConnectTimeout(
                 f"connecting to upstream {self.url} timed out after {self._connect_timeout:g} s"
+            ) from None
+        except ssl.SSLCertVerificationError as exc:
+            raise UpstreamCertificateError(
+                f"upstream {self.url} presented a certificate that failed verification: "
+                f"{exc.verify_message or exc}"
             ) from None
         except ssl.SSLError as exc:
             raise UpstreamUnavailable(

@@ -1,0 +1,76 @@
+"""The contracts between the relay core and its edges, and the per-stream settings.
+
+Adapters (HTTP/1.1, HTTP/2, HTTP/3) implement `ClientSide`; upstream connections
+implement `UpstreamExchange` and deliver to a `ResponseSink`. Nothing here knows an
+HTTP version.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from relay.body_policy import BodyPolicy
+from relay.errors import RelayError
+from relay.retry import RetryPolicy
+
+Headers = list[tuple[bytes, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestHead:
+    """A client request as the core sees it: HTTP-version-neutral, names lower-case."""
+
+    method: bytes
+    target: bytes
+    headers: Headers
+    client_ip: str | None
+
+
+class ClientSide(Protocol):
+    """What an adapter offers the core for one stream towards the client."""
+
+    def send_head(self, status: int, headers: Headers) -> None: ...
+    def send_body(self, data: bytes) -> None: ...
+    def send_end(self) -> None: ...
+    def abort(self) -> None: ...
+    def pause_request_body(self) -> None: ...
+    def resume_request_body(self) -> None: ...
+
+
+class ResponseSink(Protocol):
+    """Where an upstream exchange delivers what it reads (the core's stream)."""
+
+    def on_response_head(self, status: int, headers: Headers) -> None: ...
+    def on_response_body(self, data: bytes) -> None: ...
+    def on_response_end(self) -> None: ...
+    def on_upstream_failed(self, error: RelayError) -> None: ...
+    def on_upstream_paused(self) -> None: ...
+    def on_upstream_resumed(self) -> None: ...
+
+
+class UpstreamExchange(Protocol):
+    """One request in flight to upstream, as the core drives it."""
+
+    def send_body(self, data: bytes) -> None: ...
+    def send_end(self) -> None: ...
+    def abort(self) -> None: ...
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+
+
+#: Sends a request head upstream (try number `attempt`, from 0) and returns the exchange.
+OpenUpstream = Callable[[RequestHead, ResponseSink, int], Awaitable[UpstreamExchange]]
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSettings:
+    """Per-stream behaviour, fixed for the life of the process."""
+
+    keepalive_interval: float
+    keepalive_frame: bytes
+    read_timeout: float
+    max_body_bytes: int
+    retry: RetryPolicy
+    body_policy: BodyPolicy

@@ -1,0 +1,105 @@
+"""The simulated Messages API in a background thread, for tests and benchmarks."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from types import TracebackType
+
+from relay.sim import CloseRecord, SimState, start
+from relay.sim_script import RecordedRequest, SimScript
+
+
+class SimServer:
+    """The sim on 127.0.0.1, any free port, with its own event loop in a daemon thread.
+
+    `script` is the default for every request (an `x-sim-script` header still overrides
+    fields); it can be reassigned while running. `requests`, `closes` and `connections`
+    are live views of what the server has seen.
+    """
+
+    def __init__(self, script: SimScript | None = None) -> None:
+        self._state = SimState(script=script or SimScript())
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="sim-server", daemon=True)
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def script(self) -> SimScript:
+        return self._state.script
+
+    @script.setter
+    def script(self, script: SimScript) -> None:
+        self._state.script = script
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        return self._state.requests
+
+    @property
+    def closes(self) -> list[CloseRecord]:
+        return self._state.closes
+
+    @property
+    def connections(self) -> int:
+        """Connections accepted so far."""
+        return self._state.connections
+
+    def start(self) -> SimServer:
+        self._thread.start()
+        self._ready.wait(timeout=10)
+        if self._failure is not None or not self.port:
+            raise RuntimeError("sim server did not start") from self._failure
+        return self
+
+    def stop(self) -> None:
+        """Closes the listener and every connection, then joins the thread."""
+        if self._thread.is_alive() and self._loop and self._stopping:
+            self._loop.call_soon_threadsafe(self._stopping.set)
+            self._thread.join(timeout=10)
+
+    def wait_for(self, predicate: Callable[[], object], timeout: float = 5.0) -> None:
+        """Polls `predicate` until it is true; TimeoutError after `timeout` s."""
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"condition not met within {timeout} s")
+            time.sleep(0.005)
+
+    def __enter__(self) -> SimServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._serve())
+        except BaseException as exc:  # surfaced by start() in the test's thread
+            self._failure = exc
+            self._ready.set()
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        server = await start(self._state, "127.0.0.1", 0)
+        self.port = server.sockets[0].getsockname()[1]
+        self._ready.set()
+        await self._stopping.wait()
+        server.close()
+        self._state.abort_all()
+        await asyncio.sleep(0)  # connection_lost runs; asyncio.run then unwinds responders

@@ -1,0 +1,331 @@
+"""Failure semantics: every failure reaches the client loud, typed, in the API's format."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import anthropic
+import httpx2
+import pytest
+
+from relay.sim_script import SimScript
+from tests.clients import KEEPALIVE, MESSAGE_PARAMS, raw_http, raw_stream, script, sdk_stream
+from tests.relayproc import RelayProcess
+from tests.simserver import SimServer
+
+KA = 0.1
+ERROR_FRAME = re.compile(rb"event: error\ndata: (\{[^\n]*\})\n\n")
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[SimServer]:
+    with SimServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def relay(sim: SimServer) -> Iterator[RelayProcess]:
+    with RelayProcess(sim.url, "--upstream-read-timeout", "0.6", keepalive=KA) as proc:
+        yield proc
+
+
+def _closed_port() -> int:
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port: int = probe.getsockname()[1]
+    probe.close()
+    return port
+
+
+class AcceptAndClose:
+    """An upstream that accepts connections, reads the request, and closes: no head."""
+
+    def __init__(self) -> None:
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = self._server.getsockname()[1]
+        self.accepted = 0
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                conn, _ = self._server.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            conn.recv(65536)
+            conn.close()
+
+    def close(self) -> None:
+        self._server.close()
+
+
+def _single_error(data: bytes) -> dict[str, Any]:
+    """The one error frame `data` ends with; the bytes after it must be nothing."""
+    frames = ERROR_FRAME.findall(data)
+    assert len(frames) == 1, data[-400:]
+    assert data.endswith(b"\n\n") and ERROR_FRAME.search(data[data.rfind(b"event: error") :])
+    error: dict[str, Any] = json.loads(frames[0])
+    return error
+
+
+def test_dead_upstream_gets_api_error_and_sdk_retries_by_itself() -> None:
+    with RelayProcess(f"http://127.0.0.1:{_closed_port()}", keepalive=KA) as relay:
+        client = anthropic.Anthropic(base_url=relay.url, api_key="sk-test", max_retries=2)
+        with pytest.raises(anthropic.APIStatusError) as caught:
+            client.messages.create(**MESSAGE_PARAMS, stream=True)
+        relay.stop()
+        answered = relay.stderr_text.count(b"answered POST /v1/messages with 502")
+    assert caught.value.status_code == 502
+    assert not isinstance(caught.value, anthropic.APIConnectionError)
+    assert caught.value.body["error"]["type"] == "api_error"  # type: ignore[index]
+    assert answered == 3  # the SDK's first try and its two retries
+
+
+@pytest.mark.parametrize("first", ["refused", "closed-before-head"])
+def test_transparent_retry_hides_a_failure_before_any_byte(sim: SimServer, first: str) -> None:
+    broken = AcceptAndClose() if first == "closed-before-head" else None
+    port = broken.port if broken else _closed_port()
+    try:
+        with RelayProcess(f"http://127.0.0.1:{port}", "--upstream", sim.url) as relay:
+            _, direct_final = sdk_stream(sim.url)
+            events, final = sdk_stream(relay.url)
+            relay.stop()
+            assert b"retrying POST /v1/messages" in relay.stderr_text
+    finally:
+        if broken:
+            broken.close()
+    assert final.model_dump() == direct_final.model_dump()
+    assert events[-1]["type"] == "message_stop"
+    if broken:
+        assert broken.accepted == 1
+
+
+@pytest.mark.parametrize("failure", ["drop_after", "truncate_after"])
+def test_upstream_dying_mid_stream_ends_with_one_error_frame(
+    sim: SimServer, relay: RelayProcess, failure: str
+) -> None:
+    dying = script(**{failure: 5})
+    status, _, data = raw_stream(relay.url, headers=dying)  # a clean end: no exception
+    assert status == 200
+    error = _single_error(data)
+    assert error["error"]["type"] == "api_error"
+    assert re.match(
+        r"upstream connection lost after \d+ bytes / 5 events", error["error"]["message"]
+    )
+    if failure == "truncate_after":
+        # The half-sent frame was closed as a ping, never glued to the error frame.
+        before = data[: data.rfind(b"event: error")]
+        assert before.endswith(b"\nevent: ping\n\n")
+    with pytest.raises(anthropic.APIStatusError) as caught:
+        sdk_stream(relay.url, dying)
+    assert caught.value.body["error"]["type"] == "api_error"  # type: ignore[index]
+
+
+def test_upstream_silence_past_read_timeout_ends_with_error_after_keepalives(
+    relay: RelayProcess,
+) -> None:
+    _, _, data = raw_stream(relay.url, headers=script(gaps=[[3, 5.0]]))
+    assert data.count(KEEPALIVE) >= 3
+    error = _single_error(data)
+    assert "upstream sent nothing for 0.6 s" in error["error"]["message"]
+
+
+def test_read_timeout_before_the_head_is_a_504(relay: RelayProcess) -> None:
+    status, headers, body = raw_stream(relay.url, headers=script(headers_delay=3.0))
+    assert status == 504 and json.loads(body)["error"]["type"] == "timeout_error"
+    assert headers["request-id"].startswith("req_relay_")
+
+
+def test_upstream_error_frames_pass_verbatim_without_a_second_one(
+    sim: SimServer, relay: RelayProcess
+) -> None:
+    overloaded = script(error_after=4)
+    _, _, direct = raw_stream(sim.url, headers=overloaded)
+    _, _, relayed = raw_stream(relay.url, headers=overloaded)
+    assert relayed.replace(KEEPALIVE, b"") == direct
+    assert relayed.count(b"event: error") == 1 and b"overloaded_error" in relayed
+
+
+def test_clean_end_without_message_stop_gets_the_truncation_error(relay: RelayProcess) -> None:
+    cut = script(end_without_stop=True)
+    _, _, data = raw_stream(relay.url, headers=cut)
+    assert "without message_stop" in _single_error(data)["error"]["message"]
+    with pytest.raises(anthropic.APIStatusError):
+        sdk_stream(relay.url, cut)
+
+
+def test_retry_on_status_is_opt_in_and_moves_to_the_next_upstream(sim: SimServer) -> None:
+    with SimServer(script=SimScript(status=529)) as overloaded:
+        with RelayProcess(overloaded.url, "--upstream", sim.url) as plain:
+            status, _, body = raw_stream(plain.url)
+        assert status == 529 and json.loads(body)["error"]["type"] == "overloaded_error"
+        with RelayProcess(
+            overloaded.url, "--upstream", sim.url, "--retry-on-status", "529"
+        ) as retrying:
+            events, _ = sdk_stream(retrying.url)
+        assert events[-1]["type"] == "message_stop"
+
+
+def test_deny_param_reject_answers_400_and_forwards_nothing(sim: SimServer) -> None:
+    body = json.dumps({**MESSAGE_PARAMS, "stream": True, "fallbacks": [{"model": "m"}]})
+    with RelayProcess(sim.url, "--deny-param", "fallbacks", "--on-deny", "reject") as relay:
+        before = len(sim.requests)
+        status, headers, data = raw_stream(relay.url, body=body.encode())
+        time.sleep(0.2)
+        assert len(sim.requests) == before
+    error = json.loads(data)
+    assert status == 400 and error["error"]["type"] == "invalid_request_error"
+    assert "fallbacks" in error["error"]["message"] and headers["x-should-retry"] == "false"
+
+
+def test_deny_param_strip_keeps_what_a_remaining_param_needs(sim: SimServer) -> None:
+    managed = {
+        **MESSAGE_PARAMS,
+        "stream": True,
+        "fallbacks": [{"model": "m"}],
+        "context_management": {"edits": [{"type": "clear_thinking_20251015"}]},
+    }
+    unmanaged = {k: v for k, v in managed.items() if k != "context_management"}
+    args = ["--deny-param", "fallbacks", "--deny-param", "thinking", "--on-deny", "strip"]
+    with RelayProcess(sim.url, *args) as relay:
+        _, headers, _ = raw_stream(relay.url, body=json.dumps(managed).encode())
+        forwarded = json.loads(sim.requests[-1].body)
+        assert headers["x-sse-relay-dropped-params"] == "fallbacks"
+        assert "fallbacks" not in forwarded and forwarded["thinking"] == managed["thinking"]
+        assert forwarded["context_management"] == managed["context_management"]
+
+        _, headers, _ = raw_stream(relay.url, body=json.dumps(unmanaged).encode())
+        forwarded = json.loads(sim.requests[-1].body)
+        assert headers["x-sse-relay-dropped-params"] == "fallbacks,thinking"
+        assert "thinking" not in forwarded and "fallbacks" not in forwarded
+
+
+def _json_status(response: bytes) -> tuple[int, dict[str, Any]]:
+    head, _, body = response.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), json.loads(body)
+
+
+def test_bad_input_gets_its_answer_while_a_healthy_stream_goes_on(sim: SimServer) -> None:
+    args = ["--header-timeout", "1", "--max-body-bytes", "4096"]
+    with RelayProcess(sim.url, *args, keepalive=KA) as relay:
+        healthy: dict[str, Any] = {}
+
+        def stream() -> None:
+            healthy["result"] = sdk_stream(relay.url, script(gaps=[[3, 2.5]]))
+
+        worker = threading.Thread(target=stream)
+        worker.start()
+
+        # Slowloris: a header byte every 0.3 s never completes within the 1 s limit.
+        with socket.create_connection(("127.0.0.1", relay.port)) as slow:
+            slow.settimeout(5)
+            answer = b""
+            for byte in b"POST /v1/messages HTTP/1.1\r\nhost: x\r\n":
+                try:
+                    slow.sendall(bytes([byte]))
+                except OSError:
+                    break
+                time.sleep(0.3)
+                if answer := slow.recv(65536, socket.MSG_DONTWAIT) if _readable(slow) else b"":
+                    break
+            answer += _read_all(slow)
+        status, error = _json_status(answer)
+        assert status == 408 and error["error"]["type"] == "timeout_error"
+
+        huge = b"GET / HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * (1 << 20) + b"\r\n\r\n"
+        status, error = _json_status(raw_http(relay.port, huge))
+        assert status == 431 and error["type"] == "error"
+
+        big_body = json.dumps({**MESSAGE_PARAMS, "pad": "x" * 8192}).encode()
+        post = b"POST /v1/messages HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n" % len(
+            big_body
+        )
+        status, error = _json_status(raw_http(relay.port, post + big_body))
+        assert status == 413 and error["error"]["type"] == "request_too_large"
+
+        status, error = _json_status(raw_http(relay.port, b"\x16\x03\x01garbage\r\n\r\n"))
+        assert status == 400 and error["error"]["type"] == "invalid_request_error"
+
+        worker.join(30)
+        events, final = healthy["result"]
+        assert events[-1]["type"] == "message_stop" and final.stop_reason == "end_turn"
+
+
+def _readable(sock: socket.socket) -> bool:
+    import select
+
+    return bool(select.select([sock], [], [], 0)[0])
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    chunks = []
+    try:
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    except OSError:
+        pass
+    return b"".join(chunks)
+
+
+def test_stream_limit_answers_503_with_retry_after(sim: SimServer) -> None:
+    with RelayProcess(sim.url, "--max-streams", "1", keepalive=KA) as relay:
+        holder = threading.Thread(
+            target=lambda: raw_stream(relay.url, headers=script(gaps=[[2, 1.5]]))
+        )
+        before = len(sim.requests)
+        holder.start()
+        sim.wait_for(lambda: len(sim.requests) > before)
+        status, headers, body = raw_stream(relay.url)
+        holder.join(10)
+    assert status == 503 and json.loads(body)["error"]["type"] == "overloaded_error"
+    assert headers["retry-after"] == "1"
+
+
+def test_sigterm_drains_short_streams_and_ends_long_ones(sim: SimServer) -> None:
+    results: dict[int, bytes] = {}
+    with RelayProcess(sim.url, "--drain-timeout", "2", keepalive=KA) as relay:
+
+        def run(index: int, gap: float) -> None:
+            results[index] = raw_stream(relay.url, headers=script(gaps=[[2, gap]]))[2]
+
+        before = len(sim.requests)
+        workers = [
+            threading.Thread(target=run, args=(i, 0.5 if i < 10 else 8.0)) for i in range(20)
+        ]
+        for worker in workers:
+            worker.start()
+        sim.wait_for(lambda: len(sim.requests) - before >= 20, timeout=10)
+        relay.proc.send_signal(signal.SIGTERM)
+        code = relay.proc.wait(15)
+        for worker in workers:
+            worker.join(10)
+    assert code == 0
+    for index in range(10):
+        assert b"event: message_stop" in results[index]
+        assert b"event: error" not in results[index]
+    for index in range(10, 20):
+        error = _single_error(results[index])
+        assert error["error"]["type"] == "overloaded_error"
+        assert "restarting" in error["error"]["message"]
+
+
+def test_httpx2_sees_a_clean_end_not_a_transport_error(relay: RelayProcess) -> None:
+    with (
+        httpx2.Client() as client,
+        client.stream(
+            "POST",
+            relay.url + "/v1/messages",
+            json={**MESSAGE_PARAMS, "stream": True},
+            headers=script(drop_after=3),
+        ) as response,
+    ):
+        data = b"".join(response.iter_raw())
+    assert data.endswith(b"\n\n") and b"event: error" in data
