@@ -14,8 +14,9 @@ import contextlib
 import http
 import itertools
 import signal
+import ssl
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -29,7 +30,7 @@ class CloseRecord:
     """A connection's end, timed when the server noticed it."""
 
     time: float  # time.monotonic()
-    client_aborted_midstream: bool  # the peer left while a response was being sent
+    client_aborted_midstream: bool  # the peer left while a request was being answered
     connection: int  # 1-based accept order
 
 
@@ -40,9 +41,11 @@ class SimState:
     script: SimScript = field(default_factory=SimScript)
     requests: list[RecordedRequest] = field(default_factory=list)
     closes: list[CloseRecord] = field(default_factory=list)
-    connections: int = 0
-    live: set[Http1Connection] = field(default_factory=set)
-    _request_ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    connections: int = 0  # accepted so far
+    live: set[Http1Connection] = field(default_factory=set, init=False, repr=False)
+    _request_ids: itertools.count[int] = field(
+        default_factory=lambda: itertools.count(1), init=False, repr=False
+    )
 
     def next_request_id(self) -> str:
         return f"req_sim_{next(self._request_ids)}"
@@ -199,10 +202,13 @@ class Http1Connection(asyncio.Protocol):
             self._transport.close()
 
 
-async def start(state: SimState, host: str, port: int) -> asyncio.Server:
-    """Listens on host:port (0: any free port); the caller owns the returned server."""
+async def start(
+    state: SimState, host: str, port: int, tls: ssl.SSLContext | None = None
+) -> asyncio.Server:
+    """Listens on host:port (0: any free port), over TLS when `tls` is given; the caller
+    owns the returned server."""
     loop = asyncio.get_running_loop()
-    return await loop.create_server(lambda: Http1Connection(state), host, port)
+    return await loop.create_server(lambda: Http1Connection(state), host, port, ssl=tls)
 
 
 def _listen_address(text: str) -> tuple[str, int]:
@@ -248,24 +254,27 @@ def _script(args: argparse.Namespace) -> SimScript:
 async def _serve(script: SimScript, host: str, port: int) -> None:
     state = SimState(script=script)
     server = await start(state, host, port)
-    bound = server.sockets[0].getsockname()[1]
-    shown = f"[{host}]" if ":" in host else host
-    print(f"sse-relay sim listening on http://{shown}:{bound}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    bound = server.sockets[0].getsockname()[1]
+    shown = f"[{host}]" if ":" in host else host
+    # Printed only once signals are handled: a caller may stop us right after reading it.
+    print(f"sse-relay sim listening on http://{shown}:{bound}", flush=True)
     await stop.wait()
     server.close()
     state.abort_all()
 
 
-def _runner() -> Callable[[Coroutine[Any, Any, None]], None]:
+def run(main: Coroutine[Any, Any, None]) -> None:
+    """Runs `main` to completion on uvloop when it is installed, else on asyncio's loop."""
     try:
         import uvloop
     except ImportError:
-        return asyncio.run
-    return uvloop.run
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -275,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         script = _script(args)
     except ValueError as exc:
         parser.error(str(exc))
-    _runner()(_serve(script, *args.listen))
+    run(_serve(script, *args.listen))
     return 0
 
 

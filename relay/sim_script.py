@@ -64,21 +64,21 @@ class SimScript:
     Sequences given as lists (as JSON has them) are normalised to tuples.
     """
 
-    thinking_deltas: int = 3
+    thinking_deltas: int = 3  # 0: no thinking block at all
     text_deltas: int = 3
-    event_delay: float = 0.0
-    gaps: tuple[tuple[int, float], ...] = ()
-    ping_every: float | None = None
-    error_after: int | None = None
-    drop_after: int | None = None
-    truncate_after: int | None = None
-    stall_mid_frame: tuple[int, float] | None = None
-    end_without_stop: bool = False
-    line_ending: str = "\n"
-    bulk_bytes: int = 0
-    status: int = 200
-    headers_delay: float = 0.0
-    content_encoding: str | None = None
+    event_delay: float = 0.0  # seconds before each event after the first
+    gaps: tuple[tuple[int, float], ...] = ()  # (after_event_index, seconds) of silence
+    ping_every: float | None = None  # ping period inside gaps; None: gaps are byte-silent
+    error_after: int | None = None  # after N events: an overloaded error event, clean end
+    drop_after: int | None = None  # after N events: abort the connection
+    truncate_after: int | None = None  # after N events: half of the next frame, then abort
+    stall_mid_frame: tuple[int, float] | None = None  # (after_event_index, seconds)
+    end_without_stop: bool = False  # clean end of body where message_stop would go
+    line_ending: str = "\n"  # "\n", "\r\n" or "\r", for every line of every frame
+    bulk_bytes: int = 0  # > 0: text deltas of about this many bytes, sent flat out
+    status: int = 200  # otherwise: this status with the API's JSON error body
+    headers_delay: float = 0.0  # seconds before the response head
+    content_encoding: str | None = None  # "gzip" or "deflate": compress the SSE body
 
     def __post_init__(self) -> None:
         for name in ("thinking_deltas", "text_deltas", "bulk_bytes", "status"):
@@ -296,7 +296,7 @@ async def play(request: RecordedRequest, default: SimScript, request_id: str, si
         payload = json.loads(request.body)
         if not isinstance(payload, dict):
             raise ValueError("request body must be a JSON object")
-    except (ValueError, UnicodeDecodeError) as exc:
+    except ValueError as exc:  # JSON and UTF-8 errors included
         _reply(sink, 400, error_json(400, str(exc)), request_id)
         return
     await asyncio.sleep(script.headers_delay)

@@ -6,22 +6,26 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable
+from ssl import SSLContext
 from types import TracebackType
 
-from relay.sim import CloseRecord, SimState, start
+from relay.sim import CloseRecord, SimState, run, start
 from relay.sim_script import RecordedRequest, SimScript
 
 
 class SimServer:
-    """The sim on 127.0.0.1, any free port, with its own event loop in a daemon thread.
+    """The sim on 127.0.0.1 (a free port) in a daemon thread, on its own event loop.
+
+    The loop is uvloop when installed, as for `python -m relay.sim`.
 
     `script` is the default for every request (an `x-sim-script` header still overrides
     fields); it can be reassigned while running. `requests`, `closes` and `connections`
     are live views of what the server has seen.
     """
 
-    def __init__(self, script: SimScript | None = None) -> None:
+    def __init__(self, script: SimScript | None = None, ssl: SSLContext | None = None) -> None:
         self._state = SimState(script=script or SimScript())
+        self._tls = ssl
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
         self._ready = threading.Event()
@@ -88,7 +92,7 @@ class SimServer:
 
     def _run(self) -> None:
         try:
-            asyncio.run(self._serve())
+            run(self._serve())
         except BaseException as exc:  # surfaced by start() in the test's thread
             self._failure = exc
             self._ready.set()
@@ -96,7 +100,7 @@ class SimServer:
     async def _serve(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
-        server = await start(self._state, "127.0.0.1", 0)
+        server = await start(self._state, "127.0.0.1", 0, self._tls)
         self.port = server.sockets[0].getsockname()[1]
         self._ready.set()
         await self._stopping.wait()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import signal
@@ -19,6 +20,7 @@ import h11
 import httpx2
 import pytest
 
+from relay.sim import CloseRecord
 from relay.sim_script import SimScript
 from tests.simserver import SimServer
 
@@ -62,6 +64,12 @@ def _sdk_stream(sim: SimServer, **fields: Any) -> tuple[list[str], Any]:
         return [event.type for event in s], s.get_final_message()
 
 
+def _close_of(sim: SimServer, connection: int) -> CloseRecord:
+    """The close record of the connection-th accepted connection, once it is there."""
+    sim.wait_for(lambda: any(close.connection == connection for close in sim.closes))
+    return next(close for close in sim.closes if close.connection == connection)
+
+
 @dataclass
 class Raw:
     """A response read off a socket with h11: body chunks exactly as sent, with arrival times."""
@@ -91,10 +99,12 @@ def _raw(
     with socket.create_connection(("127.0.0.1", sim.port), timeout=10) as sock:
         sock.sendall(client.send(request) + client.send(h11.Data(data=body)))
         sock.sendall(client.send(h11.EndOfMessage()))
-        pending = b""
-        while not raw.complete:
+        pending, closed = b"", False
+        while not (raw.complete or closed):
             try:
-                client.receive_data(sock.recv(1 << 20))
+                data = sock.recv(1 << 20)
+                client.receive_data(data)
+                closed = not data
                 while (event := client.next_event()) is not h11.NEED_DATA:
                     if isinstance(event, h11.Response):
                         raw.status, raw.headers = event.status_code, dict(event.headers)
@@ -104,8 +114,8 @@ def _raw(
                         if event.chunk_end:
                             raw.chunks.append((time.monotonic(), pending))
                             pending = b""
-                    elif isinstance(event, h11.EndOfMessage):
-                        raw.complete = True
+                    else:  # EndOfMessage, or ConnectionClosed before any response
+                        raw.complete = isinstance(event, h11.EndOfMessage)
                         break
             except (h11.RemoteProtocolError, ConnectionResetError):
                 break
@@ -202,11 +212,9 @@ def test_error_after_raises_in_the_sdk(sim: SimServer) -> None:
 def test_drop_after_is_a_transport_error(sim: SimServer) -> None:
     with pytest.raises((httpx2.TransportError, anthropic.APIConnectionError)):
         _sdk_stream(sim, drop_after=5)
-    closes = len(sim.closes)
     raw = _raw(sim, headers=_script(drop_after=5))
     assert not raw.complete and [name for name, _ in _frames(raw.body)] == ORDER[:5]
-    sim.wait_for(lambda: len(sim.closes) > closes)
-    assert not sim.closes[closes].client_aborted_midstream
+    assert not _close_of(sim, sim.connections).client_aborted_midstream
 
 
 def test_truncate_after_cuts_a_frame_in_half(sim: SimServer) -> None:
@@ -319,17 +327,15 @@ def test_gzip_body_is_one_stream_flushed_per_frame(sim: SimServer) -> None:
 
 
 def test_keep_alive_reuses_one_connection_and_records_its_close(sim: SimServer) -> None:
-    connections, closes = sim.connections, len(sim.closes)
+    connections = sim.connections
     with httpx2.Client() as client:
         for _ in range(3):
             client.post(sim.url + "/v1/messages", content=STREAM_BODY).raise_for_status()
     assert sim.connections == connections + 1
-    sim.wait_for(lambda: len(sim.closes) > closes)
-    assert not sim.closes[closes].client_aborted_midstream
+    assert not _close_of(sim, sim.connections).client_aborted_midstream
 
 
 def test_client_leaving_midstream_is_recorded_at_once(sim: SimServer) -> None:
-    closes = len(sim.closes)
     head = f"POST /v1/messages HTTP/1.1\r\nhost: sim\r\ncontent-length: {len(STREAM_BODY)}\r\n"
     gap = json.dumps({"gaps": [[2, 30]]})
     with socket.create_connection(("127.0.0.1", sim.port)) as sock:
@@ -337,9 +343,9 @@ def test_client_leaving_midstream_is_recorded_at_once(sim: SimServer) -> None:
         seen = b""
         while seen.count(b"\n\n") < 3:
             seen += sock.recv(65536)
+        connection = sim.connections
     left_at = time.monotonic()
-    sim.wait_for(lambda: len(sim.closes) > closes)
-    closed = sim.closes[closes]
+    closed = _close_of(sim, connection)
     assert closed.client_aborted_midstream and closed.time - left_at < 0.1
 
 
@@ -353,24 +359,12 @@ def test_pipelined_requests_are_answered_in_order(sim: SimServer) -> None:
 
     with socket.create_connection(("127.0.0.1", sim.port), timeout=5) as sock:
         sock.sendall(request(1) + request(2) + b"GET /x HTTP/1.1\r\nhost: sim\r\n\r\n")
-        client = h11.Connection(h11.CLIENT)
-        client.send(h11.Request(method="GET", target="/", headers=[("host", "sim")]))
-        client.send(h11.EndOfMessage())
-        answers: list[tuple[int, bytes]] = []
-        body = b""
-        while len(answers) < 3:
-            client.receive_data(sock.recv(65536))
-            while (event := client.next_event()) is not h11.NEED_DATA:
-                if isinstance(event, h11.Data):
-                    body += event.data
-                elif isinstance(event, h11.EndOfMessage):
-                    answers.append((0, body))
-                    body = b""
-                    client.start_next_cycle()
-                    client.send(h11.Request(method="GET", target="/", headers=[("host", "sim")]))
-                    client.send(h11.EndOfMessage())
-    deltas = [body.count(b"text_delta") for _, body in answers]
-    assert deltas == [1, 2, 0] and b"not_found_error" in answers[2][1]
+        received = b""
+        while b"not_found_error" not in received:
+            received += sock.recv(65536)
+    responses = received.split(b"HTTP/1.1 ")[1:]
+    assert [response.count(b"text_delta") for response in responses] == [1, 2, 0]
+    assert responses[0].endswith(b"0\r\n\r\n") and responses[2].startswith(b"404 ")
 
 
 def test_default_script_applies_and_headers_override_it() -> None:
@@ -392,18 +386,54 @@ def test_script_validation() -> None:
         SimScript(content_encoding="br")
 
 
-def test_cli_prints_the_ready_line_and_exits_0_on_sigterm() -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "relay.sim", "--listen", "127.0.0.1:0", "--text-deltas", "5"],
-        stdout=subprocess.PIPE,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline().decode()
-        match = re.fullmatch(r"sse-relay sim listening on http://127\.0\.0\.1:(\d+)\n", line)
-        assert match and int(match[1]) > 0
-        url = f"http://127.0.0.1:{match[1]}/v1/messages"
-        assert httpx2.post(url, content=STREAM_BODY).text.count("text_delta") == 5
-    finally:
-        proc.send_signal(signal.SIGTERM)
+@contextlib.contextmanager
+def _sim_process(*args: str) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """`python -m relay.sim` on a free port: (process, port); SIGTERM must exit it with 0."""
+    command = [sys.executable, "-m", "relay.sim", "--listen", "127.0.0.1:0", *args]
+    with subprocess.Popen(command, stdout=subprocess.PIPE) as proc:
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline().decode()
+            match = re.fullmatch(r"sse-relay sim listening on http://127\.0\.0\.1:(\d+)\n", line)
+            assert match, line
+            yield proc, int(match[1])
+        finally:
+            proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=5) == 0
+
+
+def test_cli_prints_the_ready_line_and_exits_0_on_sigterm() -> None:
+    with _sim_process("--text-deltas", "5") as (_, port):
+        url = f"http://127.0.0.1:{port}/v1/messages"
+        assert httpx2.post(url, content=STREAM_BODY).text.count("text_delta") == 5
+
+
+def test_bulk_waits_for_a_slow_reader_instead_of_buffering() -> None:
+    total = 50 * 1024 * 1024
+    with _sim_process() as (proc, port):
+        status = f"/proc/{proc.pid}/status"
+
+        def rss_mib() -> float:
+            with open(status) as lines:
+                kib = next(line for line in lines if line.startswith("VmRSS:")).split()[1]
+            return int(kib) / 1024
+
+        before = rss_mib()
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+            sock.connect(("127.0.0.1", port))
+            script = json.dumps({"bulk_bytes": total})
+            sock.sendall(
+                f"POST /v1/messages HTTP/1.1\r\nhost: sim\r\nx-sim-script: {script}\r\n"
+                f"content-length: {len(STREAM_BODY)}\r\n\r\n".encode()
+                + STREAM_BODY
+            )
+            time.sleep(0.5)  # not reading: only flow control keeps the sim from buffering 50 MB
+            stalled = rss_mib()
+            received, tail = 0, b""
+            while not tail.endswith(b"\r\n0\r\n\r\n"):
+                chunk = sock.recv(1 << 20)
+                assert chunk
+                received, tail = received + len(chunk), (tail + chunk)[-16:]
+    assert stalled - before < 16, (before, stalled)
+    assert received > total
