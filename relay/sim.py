@@ -120,6 +120,11 @@ class Http1Connection(asyncio.Protocol):
         if data:
             self._write(self._h11.send(h11.Data(data=data)))
 
+    def write_truncated(self, data: bytes) -> None:
+        # By hand: h11 would (rightly) never frame a chunk it is not given in full.
+        self._write(b"%x\r\n" % len(data) + data[: len(data) // 2])
+        self.abort()
+
     async def drain(self) -> None:
         await self._writable.wait()
 

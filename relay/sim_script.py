@@ -71,7 +71,7 @@ class SimScript:
     ping_every: float | None = None  # ping period inside gaps; None: gaps are byte-silent
     error_after: int | None = None  # after N events: an overloaded error event, clean end
     drop_after: int | None = None  # after N events: abort the connection
-    truncate_after: int | None = None  # after N events: half of the next frame, then abort
+    truncate_after: int | None = None  # after N events: a chunk cut in half, then abort
     stall_mid_frame: tuple[int, float] | None = None  # (after_event_index, seconds)
     end_without_stop: bool = False  # clean end of body where message_stop would go
     line_ending: str = "\n"  # "\n", "\r\n" or "\r", for every line of every frame
@@ -248,6 +248,10 @@ class Sink(Protocol):
     def write(self, data: bytes) -> None:
         """Sends body bytes as one unit (one chunk, one DATA frame); ignores b""."""
 
+    def write_truncated(self, data: bytes) -> None:
+        """Frames `data` as one unit but sends only its first half, then drops the
+        connection: a truncated chunk on HTTP/1.1."""
+
     async def drain(self) -> None:
         """Returns once the transport wants more bytes."""
 
@@ -331,9 +335,10 @@ async def _stream(sink: Sink, script: SimScript, turn: Turn, request_id: str) ->
             sink.write(encode(render("error", OVERLOADED_DATA, eol).data) + encode.finish())
             sink.end()
             return
-        if index in (script.drop_after, script.truncate_after):
-            if index == script.truncate_after:
-                sink.write(encode(data[: len(data) // 2]))
+        if index == script.truncate_after:
+            sink.write_truncated(encode(data))
+            return
+        if index == script.drop_after:
             sink.abort()
             return
         if name == "message_stop" and script.end_without_stop:

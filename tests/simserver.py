@@ -16,7 +16,8 @@ from relay.sim_script import RecordedRequest, SimScript
 class SimServer:
     """The sim on 127.0.0.1 (a free port) in a daemon thread, on its own event loop.
 
-    The loop is uvloop when installed, as for `python -m relay.sim`.
+    The loop is uvloop when installed, as for `python -m relay.sim`. With `ssl` (a server
+    context) it speaks HTTP/1.1 over TLS; `url` still says http://, so build https URLs.
 
     `script` is the default for every request (an `x-sim-script` header still overrides
     fields); it can be reassigned while running. `requests`, `closes` and `connections`

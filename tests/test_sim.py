@@ -222,6 +222,17 @@ def test_truncate_after_cuts_a_frame_in_half(sim: SimServer) -> None:
     raw = _raw(sim, headers=_script(truncate_after=3))
     assert not raw.complete and len(raw.chunks) == 4
     assert raw.chunks[3][1] == whole[: len(whole) // 2]
+    # On the wire the chunk promised the whole frame: a truncated chunk, not a short one.
+    with socket.create_connection(("127.0.0.1", sim.port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /v1/messages HTTP/1.1\r\nhost: sim\r\ncontent-length: %d\r\n"
+            b"x-sim-script: %s\r\n\r\n%s"
+            % (len(STREAM_BODY), json.dumps({"truncate_after": 3}).encode(), STREAM_BODY)
+        )
+        wire = b""
+        while data := sock.recv(1 << 16):
+            wire += data
+    assert wire.endswith(b"%x\r\n" % len(whole) + whole[: len(whole) // 2])
 
 
 def test_stall_mid_frame_splits_one_frame_around_the_silence(sim: SimServer) -> None:
