@@ -25,12 +25,6 @@ ERROR_FRAME = re.compile(rb"event: error\ndata: (\{[^\n]*\})\n\n")
 
 
 @pytest.fixture(scope="module")
-def sim() -> Iterator[SimServer]:
-    with SimServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def relay(sim: SimServer) -> Iterator[RelayProcess]:
     with RelayProcess(sim.url, "--upstream-read-timeout", "0.6", keepalive=KA) as proc:
         yield proc

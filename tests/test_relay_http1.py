@@ -30,12 +30,6 @@ KA = 0.1
 
 
 @pytest.fixture(scope="module")
-def sim() -> Iterator[SimServer]:
-    with SimServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def relay(sim: SimServer) -> Iterator[RelayProcess]:
     with RelayProcess(sim.url, keepalive=KA) as proc:
         yield proc

@@ -42,12 +42,6 @@ ORDER = (
 FRAME = re.compile(rb"event: (\w+)\ndata: ([^\n]*)\n\n")
 
 
-@pytest.fixture(scope="module")
-def sim() -> Iterator[SimServer]:
-    with SimServer() as server:
-        yield server
-
-
 def _sdk(sim: SimServer) -> anthropic.Anthropic:
     return anthropic.Anthropic(base_url=sim.url, api_key="test", max_retries=0)
 
