@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 UPSTREAM ?= https://api.anthropic.com
 LISTEN ?= 127.0.0.1:8080
 STAMP := $(VENV)/.installed
-TEST_TOOLS := curl=curl
+TEST_TOOLS := curl=curl nghttp=nghttp2-client
 
 .PHONY: install run sim demo test lint system-deps bench bench-quick clean
 

@@ -58,6 +58,10 @@ class RelayConfig:
     deny_params: frozenset[str] = field(default_factory=frozenset)
     on_deny: str = "reject"
     drain_timeout: float = 30.0
+    tls_listen_host: str = "127.0.0.1"
+    tls_listen_port: int = 8443
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
 
 def parse_upstream(value: str) -> UpstreamTarget:
@@ -187,6 +191,14 @@ SETTINGS: tuple[_Setting, ...] = (
     ),
     _Setting("on-deny", _choice("reject", "strip"), "what a denied param gets (reject)"),
     _Setting(
+        "tls-listen",
+        parse_listen,
+        "TLS listener, HTTP/2 or HTTP/1.1 by ALPN, with --tls-cert (127.0.0.1:8443)",
+        "HOST:PORT",
+    ),
+    _Setting("tls-cert", str, "certificate chain (PEM) for the TLS listener", "PATH"),
+    _Setting("tls-key", str, "private key (PEM) for the TLS listener", "PATH"),
+    _Setting(
         "drain-timeout",
         _positive_seconds,
         "on SIGTERM, time streams get to finish (30)",
@@ -209,6 +221,8 @@ _FIELDS = {
     "retry-budget": "retry_budget",
     "on-deny": "on_deny",
     "drain-timeout": "drain_timeout",
+    "tls-cert": "tls_cert",
+    "tls-key": "tls_key",
 }
 
 DEFAULT_UPSTREAM = "https://api.anthropic.com"
@@ -247,6 +261,10 @@ def load(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> R
     kwargs: dict[str, Any] = {_FIELDS[k]: v for k, v in values.items() if k in _FIELDS}
     if "listen" in values:
         kwargs["listen_host"], kwargs["listen_port"] = values["listen"]
+    if "tls-listen" in values:
+        kwargs["tls_listen_host"], kwargs["tls_listen_port"] = values["tls-listen"]
+    if ("tls-cert" in values) != ("tls-key" in values):
+        raise ConfigError("--tls-cert and --tls-key: give both or neither")
     kwargs["upstreams"] = values.get("upstream") or (parse_upstream(DEFAULT_UPSTREAM),)
     kwargs["retry_statuses"] = frozenset(values.get("retry-on-status", ()))
     kwargs["deny_params"] = frozenset(values.get("deny-param", ()))

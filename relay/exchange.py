@@ -26,6 +26,8 @@ class RequestHead:
     target: bytes
     headers: Headers
     client_ip: str | None
+    #: A request body follows the head (its length may be unknown: chunked, HTTP/2).
+    has_body: bool = False
 
 
 class ClientSide(Protocol):

@@ -22,6 +22,7 @@ from relay.errors import (
     render_error_body,
 )
 from relay.exchange import Headers, RequestHead
+from relay.headers import header_value
 from relay.relay_context import RelayContext
 from relay.stream import RelayStream
 
@@ -134,7 +135,12 @@ class Http1Server(asyncio.Protocol):
         if self._h11.they_are_waiting_for_100_continue:
             self._write(self._h11.send(h11.InformationalResponse(status_code=100, headers=[])))
         self._method = request.method
-        head = RequestHead(request.method, request.target, list(request.headers), self._client_ip)
+        headers = list(request.headers)
+        length = header_value(headers, b"content-length")
+        has_body = header_value(headers, b"transfer-encoding") is not None or (
+            length is not None and length != b"0"
+        )
+        head = RequestHead(request.method, request.target, headers, self._client_ip, has_body)
         self._stream = self._context.new_stream(self, head)
         self._context.start(self._stream)
 

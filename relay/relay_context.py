@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from relay.body_policy import BodyPolicy
 from relay.config import RelayConfig
@@ -24,6 +25,8 @@ class RelayContext:
         self.counters = Counters()
         self.active: set[RelayStream] = set()
         self.draining = False
+        #: Called when a drain starts (HTTP/2 connections send GOAWAY).
+        self.on_drain: set[Callable[[], None]] = set()
         self.settings = StreamSettings(
             keepalive_interval=config.keepalive_interval,
             keepalive_frame=FRAMES[config.keepalive_frame],
@@ -66,6 +69,8 @@ class RelayContext:
     async def drain(self, timeout: float) -> None:
         """Let live streams finish for up to `timeout` s, then end the rest cleanly."""
         self.draining = True
+        for notify in list(self.on_drain):
+            notify()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while self.active and loop.time() < deadline:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import ssl
 import sys
 
 from relay import __version__
 from relay.config import RelayConfig
-from relay.http1_server import Http1Server
+from relay.listener import FirstBytesProtocol
 from relay.relay_context import RelayContext
 from relay.sse_scanner import IMPLEMENTATION
 
@@ -19,6 +20,19 @@ log = logging.getLogger("sse_relay")
 _FLUSH_SECONDS = 0.2
 
 
+def server_tls_context(cert: str, key: str) -> ssl.SSLContext:
+    """TLS for clients: HTTP/2 preferred, HTTP/1.1 offered, by ALPN."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    context.set_alpn_protocols(["h2", "http/1.1"])
+    return context
+
+
+def _address(scheme: str, server: asyncio.Server) -> str:
+    host, port = server.sockets[0].getsockname()[:2]
+    return f"{scheme}://{host}:{port}"
+
+
 async def serve(config: RelayConfig) -> None:
     """Accept clients until SIGTERM or SIGINT."""
     logging.basicConfig(
@@ -26,31 +40,47 @@ async def serve(config: RelayConfig) -> None:
     )
     loop = asyncio.get_running_loop()
     context = RelayContext(config)
-    server = await loop.create_server(
-        lambda: Http1Server(context),
-        config.listen_host,
-        config.listen_port,
-        reuse_address=True,
-        backlog=4096,
-    )
+    servers = [
+        await loop.create_server(
+            lambda: FirstBytesProtocol(context),
+            config.listen_host,
+            config.listen_port,
+            reuse_address=True,
+            backlog=4096,
+        )
+    ]
+    addresses = [_address("http", servers[0])]
+    if config.tls_cert and config.tls_key:
+        servers.append(
+            await loop.create_server(
+                lambda: FirstBytesProtocol(context),
+                config.tls_listen_host,
+                config.tls_listen_port,
+                ssl=server_tls_context(config.tls_cert, config.tls_key),
+                reuse_address=True,
+                backlog=4096,
+            )
+        )
+        addresses.append(_address("https", servers[1]))
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    host, port = server.sockets[0].getsockname()[:2]
     print(
-        f"sse-relay {__version__} listening on http://{host}:{port} "
+        f"sse-relay {__version__} listening on {' '.join(addresses)} "
         f"upstream={config.upstreams[0].url} scanner={IMPLEMENTATION}",
         flush=True,
     )
     try:
         await stop.wait()
         # Graceful drain: stop accepting, let streams finish, end the rest cleanly.
-        server.close()
+        for server in servers:
+            server.close()
         live = len(context.active)
         log.info("draining %d streams for up to %g s", live, config.drain_timeout)
         await context.drain(config.drain_timeout)
         await asyncio.sleep(_FLUSH_SECONDS)
     finally:
-        server.close()
+        for server in servers:
+            server.close()
         context.close()
         log.info("sse-relay stopped")

@@ -265,17 +265,22 @@ class RelayStream:
     async def _connect(self, open_upstream: OpenUpstream, attempt: int) -> None:
         try:
             upstream = await open_upstream(self._head, self, attempt)
+            if self._finished:  # the client left while we were connecting
+                upstream.abort()
+                return
+            self._upstream = upstream
+            for chunk in self._body or ():
+                upstream.send_body(chunk)
+            if self._request_ended:
+                upstream.send_end()
         except RelayError as error:
             self.on_upstream_failed(error)
             return
-        if self._finished:  # the client left while we were connecting
-            upstream.abort()
+        except Exception as exc:
+            # A bug must not leave the client hanging: answer, and say what broke.
+            log.exception("relaying %s %s failed", *self._describe())
+            self.on_upstream_failed(UpstreamLost(f"sse-relay internal error: {exc!r}"))
             return
-        self._upstream = upstream
-        for chunk in self._body or ():
-            upstream.send_body(chunk)
-        if self._request_ended:
-            upstream.send_end()
         self._last_byte = self._loop.time()
         self._arm(self._last_byte + self._settings.read_timeout)
 

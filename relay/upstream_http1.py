@@ -64,10 +64,16 @@ class Http1Upstream(asyncio.Protocol):
 
     # -- UpstreamExchange -------------------------------------------------------------
 
-    def start(self, method: bytes, target: bytes, headers: Headers, sink: ResponseSink) -> None:
+    def start(
+        self, method: bytes, target: bytes, headers: Headers, has_body: bool, sink: ResponseSink
+    ) -> None:
         assert self._transport is not None
         self._sink = sink
         self._head_seen = False
+        if has_body and all(name != b"content-length" for name, _ in headers):
+            # A body of unknown length (HTTP/2, or chunked from the client): h11 would
+            # take a request without framing headers as having none at all.
+            headers = [*headers, (b"transfer-encoding", b"chunked")]
         request = h11.Request(method=method, target=target, headers=headers)
         self._transport.write(self._h11.send(request))
 

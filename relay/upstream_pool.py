@@ -57,7 +57,8 @@ class UpstreamPool:
             client_ip=head.client_ip,
             identity_encoding=head.method == b"POST",
         )
-        connection.start(head.method, self.target.base_path.encode() + head.target, headers, sink)
+        target = self.target.base_path.encode() + head.target
+        connection.start(head.method, target, headers, head.has_body, sink)
         return connection
 
     def release(self, connection: Http1Upstream) -> None:

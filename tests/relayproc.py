@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 _READY = re.compile(rb"listening on http://[^:]+:(\d+)")
+_TLS_READY = re.compile(rb"https://[^:]+:(\d+)")
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -53,6 +54,9 @@ class RelayProcess:
         assert match, self.ready_line
         self.port = int(match.group(1))
         self.url = f"http://127.0.0.1:{self.port}"
+        tls = _TLS_READY.search(self.ready_line)
+        #: The TLS listener (HTTP/2 or HTTP/1.1 by ALPN), when one was asked for.
+        self.tls_url = f"https://localhost:{tls.group(1).decode()}" if tls else ""
 
     def _read_ready_line(self, timeout: float = 20.0) -> bytes:
         assert self.proc.stdout is not None

@@ -284,3 +284,17 @@ def test_compressed_sse_is_forwarded_untouched_without_keepalives(sim: SimServer
     assert direct_headers["content-encoding"] == headers["content-encoding"] == "gzip"
     assert relayed == direct and KEEPALIVE not in relayed
     assert b"content-encoded (gzip): relayed without keepalives" in relay.stderr_text
+
+
+def test_chunked_request_body_reaches_upstream_intact(sim: SimServer, relay: RelayProcess) -> None:
+    body = json.dumps({**MESSAGE_PARAMS, "stream": True}).encode()
+
+    def chunks() -> Iterator[bytes]:
+        yield body[:10]
+        yield body[10:]
+
+    before = len(sim.requests)
+    with httpx2.Client() as client:
+        response = client.post(relay.url + "/v1/messages", content=chunks())
+    assert response.status_code == 200 and b"event: message_stop" in response.content
+    assert sim.requests[before].body == body

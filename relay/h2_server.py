@@ -1,0 +1,313 @@
+"""HTTP/2 towards clients (h2c by prior knowledge, or TLS with ALPN "h2"), on `h2`.
+
+One connection carries many `H2ClientStream`s, each the `ClientSide` of its own
+`RelayStream`. Flow control is per stream: data the client's window cannot take yet
+waits in that stream's buffer and pauses only that stream's upstream. Frames for all
+streams are flushed to the socket once per loop iteration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from typing import cast
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import h2.settings
+from h2.errors import ErrorCodes
+
+from relay.errors import HeadersTooLarge
+from relay.exchange import Headers, RequestHead
+from relay.relay_context import RelayContext
+from relay.stream import RelayStream
+
+log = logging.getLogger("sse_relay")
+
+WRITE_HIGH = 256 * 1024
+WRITE_LOW = 64 * 1024
+# Streams a client may open at once on one connection (advertised in SETTINGS).
+MAX_CONCURRENT_STREAMS = 1000
+# Request bodies: the window we grant; WINDOW_UPDATE follows as the relay forwards.
+INITIAL_WINDOW = 1 << 20
+# Header blocks past our advertised limit get a per-stream 431; far past it (an HPACK
+# bomb) h2 ends the connection.
+HPACK_CEILING = 1 << 20
+# Headers that are meaningless in HTTP/2 and must not be sent (RFC 9113 8.2.2).
+_CONNECTION_SPECIFIC = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
+)
+
+
+class H2ClientStream:
+    """One HTTP/2 stream as the relay core's `ClientSide`."""
+
+    __slots__ = (
+        "_ended",
+        "_owner",
+        "_pending",
+        "_window_blocked",
+        "id",
+        "relay",
+        "unacked",
+    )
+
+    def __init__(self, owner: H2Server, stream_id: int) -> None:
+        self._owner = owner
+        self.id = stream_id
+        self.relay: RelayStream | None = None
+        self._pending: deque[bytes] = deque()
+        self._ended = False
+        self._window_blocked = False
+        #: Request body bytes received but not yet acknowledged (upstream paused).
+        self.unacked: int | None = None
+
+    # -- ClientSide -------------------------------------------------------------------
+
+    def send_head(self, status: int, headers: Headers) -> None:
+        block = [(b":status", str(status).encode())]
+        block += [(k, v) for k, v in headers if k not in _CONNECTION_SPECIFIC]
+        self._owner.conn.send_headers(self.id, block)
+        self._owner.schedule_flush()
+
+    def send_body(self, data: bytes) -> None:
+        if self._pending:
+            self._pending.append(data)
+            return
+        self._pending.append(data)
+        self.push()
+
+    def send_end(self) -> None:
+        self._ended = True
+        self.push()
+
+    def abort(self) -> None:
+        self._owner.reset(self.id, ErrorCodes.INTERNAL_ERROR)
+
+    def pause_request_body(self) -> None:
+        if self.unacked is None:
+            self.unacked = 0
+
+    def resume_request_body(self) -> None:
+        unacked, self.unacked = self.unacked, None
+        if unacked:
+            self._owner.acknowledge(self.id, unacked)
+
+    # -- flow control -----------------------------------------------------------------
+
+    def push(self) -> None:
+        """Send what the stream's window allows; pause upstream while data waits."""
+        conn = self._owner.conn
+        pending = self._pending
+        try:
+            while pending:
+                window = conn.local_flow_control_window(self.id)
+                if window <= 0:
+                    break
+                data = pending[0]
+                size = min(window, conn.max_outbound_frame_size)
+                if len(data) > size:
+                    conn.send_data(self.id, data[:size])
+                    pending[0] = data[size:]
+                else:
+                    conn.send_data(self.id, data)
+                    pending.popleft()
+            if not pending and self._ended:
+                conn.end_stream(self.id)
+                self._owner.forget(self.id)
+        except h2.exceptions.StreamClosedError:
+            pending.clear()
+            self._owner.forget(self.id)
+            return
+        self._owner.schedule_flush()
+        blocked = bool(pending)
+        if blocked != self._window_blocked and self.relay is not None:
+            self._window_blocked = blocked
+            if blocked:
+                self.relay.on_client_paused()
+            else:
+                self.relay.on_client_resumed()
+
+
+class H2Server(asyncio.Protocol):
+    """One client connection speaking HTTP/2."""
+
+    def __init__(self, context: RelayContext) -> None:
+        self._context = context
+        config = h2.config.H2Configuration(client_side=False, header_encoding=None)
+        self.conn = h2.connection.H2Connection(config)
+        self._transport: asyncio.Transport | None = None
+        self._client_ip: str | None = None
+        self._streams: dict[int, H2ClientStream] = {}
+        self._flush_scheduled = False
+        self._write_paused = False
+        self._loop = asyncio.get_running_loop()
+
+    # -- asyncio.Protocol -------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+        self._transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)
+        peer = self._transport.get_extra_info("peername")
+        self._client_ip = peer[0] if isinstance(peer, tuple) else None
+        codes = h2.settings.SettingCodes
+        self.conn.local_settings = h2.settings.Settings(
+            client=False,
+            initial_values={
+                codes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
+                codes.MAX_HEADER_LIST_SIZE: self._context.config.max_header_bytes,
+                codes.INITIAL_WINDOW_SIZE: INITIAL_WINDOW,
+            },
+        )
+        self.conn.initiate_connection()
+        self.conn.decoder.max_header_list_size = HPACK_CEILING
+        self.flush()
+        self._context.on_drain.add(self.goaway)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.conn.receive_data(data)
+        except h2.exceptions.ProtocolError as exc:
+            log.warning("HTTP/2 protocol error from %s: %s", self._client_ip, exc)
+            self.flush()  # h2 queued a GOAWAY naming the error
+            if self._transport is not None:
+                self._transport.close()
+            return
+        for event in events:
+            self._dispatch(event)
+        self.flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._context.on_drain.discard(self.goaway)
+        streams, self._streams = self._streams, {}
+        for stream in streams.values():
+            if stream.relay is not None:
+                stream.relay.on_client_gone()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        for stream in self._streams.values():
+            if stream.relay is not None:
+                stream.relay.on_client_paused()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        for stream in list(self._streams.values()):
+            if stream.relay is not None:
+                stream.relay.on_client_resumed()
+
+    # -- events -> core ---------------------------------------------------------------
+
+    def _dispatch(self, event: h2.events.Event) -> None:
+        if isinstance(event, h2.events.DataReceived):
+            stream = self._streams.get(event.stream_id)
+            if stream is None or stream.relay is None:
+                self.acknowledge(event.stream_id, event.flow_controlled_length)
+                return
+            if stream.unacked is not None:  # upstream is not taking body bytes yet
+                stream.unacked += event.flow_controlled_length
+            else:
+                self.acknowledge(event.stream_id, event.flow_controlled_length)
+            stream.relay.on_request_body(event.data)
+        elif isinstance(event, h2.events.RequestReceived):
+            self._open_stream(event)
+        elif isinstance(event, h2.events.StreamEnded):
+            stream = self._streams.get(event.stream_id)
+            if stream is not None and stream.relay is not None:
+                stream.relay.on_request_end()
+        elif isinstance(event, h2.events.WindowUpdated):
+            targets = (
+                list(self._streams.values())
+                if event.stream_id == 0
+                else [s for s in (self._streams.get(event.stream_id),) if s is not None]
+            )
+            for stream in targets:
+                stream.push()
+        elif isinstance(event, h2.events.StreamReset):
+            stream = self._streams.pop(event.stream_id, None)
+            if stream is not None and stream.relay is not None:
+                stream.relay.on_client_gone()
+        elif isinstance(event, h2.events.RemoteSettingsChanged):
+            for stream in list(self._streams.values()):
+                stream.push()
+        elif isinstance(event, h2.events.SettingsAcknowledged):
+            # Acknowledging our SETTINGS re-applies the advertised header limit to the
+            # HPACK decoder; keep the ceiling so oversize heads get a per-stream 431.
+            self.conn.decoder.max_header_list_size = HPACK_CEILING
+        elif isinstance(event, h2.events.ConnectionTerminated) and self._transport is not None:
+            self._transport.close()
+
+    def _open_stream(self, event: h2.events.RequestReceived) -> None:
+        stream_id = event.stream_id
+        method = target = b""
+        headers: Headers = []
+        cookies: list[bytes] = []
+        size = 0
+        for name, value in event.headers or ():
+            name, value = bytes(name), bytes(value)
+            size += len(name) + len(value) + 32  # RFC 9113 6.5.2 accounting
+            if name == b":method":
+                method = value
+            elif name == b":path":
+                target = value
+            elif name == b"cookie":
+                cookies.append(value)  # HTTP/2 splits cookies; HTTP/1.1 wants one line
+            elif not name.startswith(b":"):
+                headers.append((name, value))
+        if cookies:
+            headers.append((b"cookie", b"; ".join(cookies)))
+        stream = H2ClientStream(self, stream_id)
+        self._streams[stream_id] = stream
+        relay = self._context.new_stream(
+            stream,
+            RequestHead(
+                method, target, headers, self._client_ip, has_body=event.stream_ended is None
+            ),
+        )
+        stream.relay = relay
+        if size > self._context.config.max_header_bytes:
+            relay.refuse(HeadersTooLarge("request header fields too large"))
+            return
+        self._context.start(relay)
+        if self._write_paused:
+            relay.on_client_paused()
+
+    # -- for the streams --------------------------------------------------------------
+
+    def acknowledge(self, stream_id: int, size: int) -> None:
+        if size:
+            with contextlib.suppress(h2.exceptions.StreamClosedError):
+                self.conn.acknowledge_received_data(size, stream_id)
+            self.schedule_flush()
+
+    def reset(self, stream_id: int, code: ErrorCodes) -> None:
+        self._streams.pop(stream_id, None)
+        try:
+            self.conn.reset_stream(stream_id, code)
+        except h2.exceptions.StreamClosedError:
+            return
+        self.schedule_flush()
+
+    def forget(self, stream_id: int) -> None:
+        self._streams.pop(stream_id, None)
+
+    def schedule_flush(self) -> None:
+        # Coalesce frames from many streams (and many upstream chunks) into one write.
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._flush_scheduled = False
+        data = self.conn.data_to_send()
+        if data and self._transport is not None and not self._transport.is_closing():
+            self._transport.write(data)
+
+    def goaway(self) -> None:
+        """Graceful shutdown: tell the client to open no new streams here."""
+        self.conn.close_connection()
+        self.flush()

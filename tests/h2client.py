@@ -1,0 +1,81 @@
+"""A raw HTTP/2 client on `h2` for tests that need control over windows and resets."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Callable
+
+import h2.config
+import h2.connection
+import h2.events
+
+from tests.clients import MESSAGE_PARAMS
+
+
+class RawH2Client:
+    """h2c with prior knowledge; per-stream control of WINDOW_UPDATE and RST_STREAM."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        config = h2.config.H2Configuration(client_side=True, header_encoding=None)
+        self.conn = h2.connection.H2Connection(config)
+        self.conn.initiate_connection()
+        # A large connection window, so one stalled stream cannot starve the others.
+        self.conn.increment_flow_control_window(1 << 30)
+        self.data: dict[int, bytearray] = {}
+        self.ended: set[int] = set()
+        self.status: dict[int, int] = {}
+        #: Streams whose received data is never acknowledged (their window stays shut).
+        self.withhold: set[int] = set()
+        self._send()
+
+    def stream(self, script: dict[str, object] | None = None) -> int:
+        stream_id: int = self.conn.get_next_available_stream_id()
+        body = json.dumps({**MESSAGE_PARAMS, "stream": True}).encode()
+        headers = [
+            (b":method", b"POST"),
+            (b":path", b"/v1/messages"),
+            (b":scheme", b"http"),
+            (b":authority", b"relay"),
+            (b"content-type", b"application/json"),
+            (b"x-sim-script", json.dumps(script or {}).encode()),
+        ]
+        self.conn.send_headers(stream_id, headers)
+        self.conn.send_data(stream_id, body, end_stream=True)
+        self.data[stream_id] = bytearray()
+        self._send()
+        return stream_id
+
+    def reset(self, stream_id: int) -> None:
+        self.conn.reset_stream(stream_id)
+        self._send()
+
+    def pump_until(self, done: Callable[[], bool], timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not done():
+            if time.monotonic() > deadline:
+                raise TimeoutError("condition not reached")
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            chunk = self.sock.recv(1 << 16)
+            if not chunk:
+                raise ConnectionError("relay closed the connection")
+            for event in self.conn.receive_data(chunk):
+                if isinstance(event, h2.events.DataReceived):
+                    self.data[event.stream_id] += event.data
+                    if event.stream_id not in self.withhold:
+                        self.conn.acknowledge_received_data(
+                            event.flow_controlled_length, event.stream_id
+                        )
+                elif isinstance(event, h2.events.ResponseReceived):
+                    self.status[event.stream_id] = int(dict(event.headers)[b":status"])
+                elif isinstance(event, h2.events.StreamEnded | h2.events.StreamReset):
+                    self.ended.add(event.stream_id)
+            self._send()
+
+    def _send(self) -> None:
+        self.sock.sendall(self.conn.data_to_send())
+
+    def close(self) -> None:
+        self.sock.close()

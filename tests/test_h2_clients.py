@@ -1,0 +1,169 @@
+"""HTTP/2 towards clients: h2c and TLS+ALPN, per-stream keepalives, flow control, resets."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import ssl
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import anthropic
+import httpx2
+import pytest
+import trustme
+
+from relay.sim import CloseRecord
+from tests.clients import KEEPALIVE, MESSAGE_PARAMS, raw_stream, script, sdk_stream
+from tests.h2client import RawH2Client
+from tests.relayproc import RelayProcess
+from tests.simserver import SimServer
+
+KA = 0.1
+BODY = json.dumps({**MESSAGE_PARAMS, "stream": True}).encode()
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture(scope="module")
+def relay(
+    sim: SimServer, ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RelayProcess]:
+    folder = tmp_path_factory.mktemp("tls")
+    cert = ca.issue_cert("localhost")
+    cert.cert_chain_pems[0].write_to_path(str(folder / "cert.pem"))
+    cert.private_key_pem.write_to_path(str(folder / "key.pem"))
+    tls = ["--tls-listen", "127.0.0.1:0", "--tls-cert", str(folder / "cert.pem")]
+    tls += ["--tls-key", str(folder / "key.pem")]
+    with RelayProcess(sim.url, *tls, keepalive=KA) as proc:
+        yield proc
+
+
+@pytest.fixture(scope="module")
+def ca_file(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("ca") / "ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return path
+
+
+def _h2_raw(client: httpx2.Client, url: str, headers: dict[str, str]) -> tuple[str, bytes]:
+    with client.stream("POST", url + "/v1/messages", content=BODY, headers=headers) as response:
+        return response.http_version, b"".join(response.iter_raw())
+
+
+@pytest.mark.parametrize("transport", ["h2c", "tls"])
+def test_httpx2_over_h2_gets_the_same_bytes_and_keepalives(
+    sim: SimServer, relay: RelayProcess, ca_file: Path, transport: str
+) -> None:
+    gap = script(gaps=[[3, 6 * KA]])
+    _, _, http1 = raw_stream(relay.url, headers=gap)
+    _, _, direct = raw_stream(sim.url, headers=gap)
+    if transport == "h2c":
+        client, url = httpx2.Client(http1=False, http2=True), relay.url
+    else:
+        trust = ssl.create_default_context(cafile=str(ca_file))
+        client, url = httpx2.Client(http2=True, verify=trust), relay.tls_url
+    with client:
+        version, relayed = _h2_raw(client, url, gap)
+    assert version == "HTTP/2"
+    assert relayed.count(KEEPALIVE) >= 3
+    assert relayed.replace(KEEPALIVE, b"") == http1.replace(KEEPALIVE, b"") == direct
+
+
+def test_sdk_over_h2_parses_the_same_events(sim: SimServer, relay: RelayProcess) -> None:
+    gap = script(gaps=[[3, 6 * KA]])
+    direct_events, direct_final = sdk_stream(sim.url, gap)
+    http_client = httpx2.Client(http1=False, http2=True)
+    client = anthropic.Anthropic(
+        base_url=relay.url, api_key="sk-test", max_retries=0, http_client=http_client
+    )
+    with client.messages.stream(**MESSAGE_PARAMS, extra_headers=gap) as stream:
+        events = [event.model_dump() for event in stream]
+        final = stream.get_final_message()
+        assert stream.response.http_version == "HTTP/2"
+    assert events == direct_events and final.model_dump() == direct_final.model_dump()
+
+
+def test_100_concurrent_streams_on_one_connection(sim: SimServer, relay: RelayProcess) -> None:
+    scripts = [
+        script(gaps=[[2 + i % 5, 0.05 * (i % 7)]], text_deltas=1 + i % 4) for i in range(100)
+    ]
+
+    async def run() -> list[tuple[str, bytes]]:
+        async with httpx2.AsyncClient(http1=False, http2=True, timeout=30) as client:
+
+            async def one(headers: dict[str, str]) -> tuple[str, bytes]:
+                url = relay.url + "/v1/messages"
+                async with client.stream("POST", url, content=BODY, headers=headers) as response:
+                    return response.http_version, b"".join([c async for c in response.aiter_raw()])
+
+            return await asyncio.gather(*(one(headers) for headers in scripts))
+
+    results = asyncio.run(run())
+    for headers, (version, relayed) in zip(scripts, results, strict=True):
+        _, _, direct = raw_stream(sim.url, headers=headers)
+        assert version == "HTTP/2" and relayed.replace(KEEPALIVE, b"") == direct
+    gappy = [relayed for (_, relayed), i in zip(results, range(100), strict=True) if i % 7 >= 3]
+    assert all(KEEPALIVE in relayed for relayed in gappy)
+
+
+def test_a_shut_window_pauses_only_its_own_stream(sim: SimServer, relay: RelayProcess) -> None:
+    client = RawH2Client(relay.port)
+    try:
+        stuck = client.stream({"bulk_bytes": 50 * 1024 * 1024})
+        client.withhold.add(stuck)
+        client.pump_until(lambda: len(client.data[stuck]) >= 60_000)
+        baseline = relay.rss_kib()
+        others = [client.stream({"gaps": [[2, 0.2]]}) for _ in range(20)]
+        client.pump_until(lambda: all(s in client.ended for s in others))
+        time.sleep(0.5)
+        grown = relay.rss_kib() - baseline
+    finally:
+        client.close()
+    for stream_id in others:
+        assert client.status[stream_id] == 200
+        assert b"event: message_stop" in client.data[stream_id]
+    assert stuck not in client.ended and len(client.data[stuck]) < 200_000
+    assert grown < 16 * 1024, grown
+
+
+def test_rst_stream_cancels_only_that_upstream_request(sim: SimServer, relay: RelayProcess) -> None:
+    client = RawH2Client(relay.port)
+    try:
+        keep = [client.stream({"gaps": [[2, 0.6]]}) for _ in range(3)]
+        victim = client.stream({"gaps": [[2, 30]]})
+        client.pump_until(lambda: client.data[victim].count(b"\n\n") >= 3)
+        closes_before = len(sim.closes)
+        reset_at = time.monotonic()
+        client.reset(victim)
+
+        def aborted() -> list[CloseRecord]:
+            return [c for c in sim.closes[closes_before:] if c.client_aborted_midstream]
+
+        sim.wait_for(aborted, timeout=5)
+        assert aborted()[0].time - reset_at < 0.1
+        client.pump_until(lambda: all(s in client.ended for s in keep))
+    finally:
+        client.close()
+    assert all(b"event: message_stop" in client.data[s] for s in keep)
+
+
+def test_nghttp_fetches_a_stream(sim: SimServer, relay: RelayProcess, tmp_path: Path) -> None:
+    assert shutil.which("nghttp"), "nghttp2-client: `make test` installs it"
+    body = tmp_path / "body.json"
+    body.write_bytes(BODY)
+    gap = json.dumps({"gaps": [[3, 0.35]]})
+    fetched = subprocess.run(
+        ["nghttp", "-d", str(body), "-H", f"x-sim-script: {gap}", relay.url + "/v1/messages"],
+        capture_output=True,
+        check=True,
+        timeout=30,
+    ).stdout
+    _, _, direct = raw_stream(sim.url, headers={"x-sim-script": gap})
+    assert KEEPALIVE in fetched and fetched.replace(KEEPALIVE, b"") == direct
