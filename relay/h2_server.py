@@ -30,8 +30,11 @@ log = logging.getLogger("sse_relay")
 
 WRITE_HIGH = 256 * 1024
 WRITE_LOW = 64 * 1024
-# Streams a client may open at once on one connection (advertised in SETTINGS).
+# Streams a client may open at once on one connection (advertised in SETTINGS, capped
+# by --max-streams). Past it a stream is refused with REFUSED_STREAM, which clients
+# retry; h2 itself only ends the connection, and only far past it (the ceiling).
 MAX_CONCURRENT_STREAMS = 1000
+_STREAMS_CEILING_FACTOR = 2
 # Request bodies: the window we grant; WINDOW_UPDATE follows as the relay forwards.
 INITIAL_WINDOW = 1 << 20
 # Header blocks past our advertised limit get a per-stream 431; far past it (an HPACK
@@ -146,6 +149,8 @@ class H2Server(asyncio.Protocol):
         self._flush_scheduled = False
         self._write_paused = False
         self._loop = asyncio.get_running_loop()
+        self._max_streams = min(MAX_CONCURRENT_STREAMS, context.config.max_streams)
+        self._draining = False
 
     # -- asyncio.Protocol -------------------------------------------------------------
 
@@ -155,18 +160,25 @@ class H2Server(asyncio.Protocol):
         peer = self._transport.get_extra_info("peername")
         self._client_ip = peer[0] if isinstance(peer, tuple) else None
         codes = h2.settings.SettingCodes
-        self.conn.local_settings = h2.settings.Settings(
-            client=False,
-            initial_values={
-                codes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
-                codes.MAX_HEADER_LIST_SIZE: self._context.config.max_header_bytes,
-                codes.INITIAL_WINDOW_SIZE: INITIAL_WINDOW,
-            },
-        )
+        advertised = {
+            codes.MAX_CONCURRENT_STREAMS: self._max_streams,
+            codes.MAX_HEADER_LIST_SIZE: self._context.config.max_header_bytes,
+            codes.INITIAL_WINDOW_SIZE: INITIAL_WINDOW,
+        }
+        self.conn.local_settings = h2.settings.Settings(client=False, initial_values=advertised)
         self.conn.initiate_connection()
+        # h2 enforces its local settings as connection errors, which would kill every
+        # stream of a client that is merely one over: advertise the limits above, but let
+        # h2 enforce only ceilings far past them, and refuse the excess per stream.
+        enforced = {
+            **advertised,
+            codes.MAX_CONCURRENT_STREAMS: self._max_streams * _STREAMS_CEILING_FACTOR,
+            codes.MAX_HEADER_LIST_SIZE: HPACK_CEILING,
+        }
+        self.conn.local_settings = h2.settings.Settings(client=False, initial_values=enforced)
         self.conn.decoder.max_header_list_size = HPACK_CEILING
         self.flush()
-        self._context.on_drain.add(self.goaway)
+        self._context.on_drain.add(self.drain)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -182,7 +194,7 @@ class H2Server(asyncio.Protocol):
         self.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._context.on_drain.discard(self.goaway)
+        self._context.on_drain.discard(self.drain)
         streams, self._streams = self._streams, {}
         for stream in streams.values():
             if stream.relay is not None:
@@ -234,15 +246,14 @@ class H2Server(asyncio.Protocol):
         elif isinstance(event, h2.events.RemoteSettingsChanged):
             for stream in list(self._streams.values()):
                 stream.push()
-        elif isinstance(event, h2.events.SettingsAcknowledged):
-            # Acknowledging our SETTINGS re-applies the advertised header limit to the
-            # HPACK decoder; keep the ceiling so oversize heads get a per-stream 431.
-            self.conn.decoder.max_header_list_size = HPACK_CEILING
         elif isinstance(event, h2.events.ConnectionTerminated) and self._transport is not None:
             self._transport.close()
 
     def _open_stream(self, event: h2.events.RequestReceived) -> None:
         stream_id = event.stream_id
+        if self._draining or len(self._streams) >= self._max_streams:
+            self.reset(stream_id, ErrorCodes.REFUSED_STREAM)
+            return
         method = target = b""
         headers: Headers = []
         cookies: list[bytes] = []
@@ -291,9 +302,11 @@ class H2Server(asyncio.Protocol):
         except h2.exceptions.StreamClosedError:
             return
         self.schedule_flush()
+        self._close_when_idle()
 
     def forget(self, stream_id: int) -> None:
         self._streams.pop(stream_id, None)
+        self._close_when_idle()
 
     def schedule_flush(self) -> None:
         # Coalesce frames from many streams (and many upstream chunks) into one write.
@@ -307,7 +320,18 @@ class H2Server(asyncio.Protocol):
         if data and self._transport is not None and not self._transport.is_closing():
             self._transport.write(data)
 
-    def goaway(self) -> None:
-        """Graceful shutdown: tell the client to open no new streams here."""
-        self.conn.close_connection()
-        self.flush()
+    def drain(self) -> None:
+        """Graceful shutdown: refuse new streams, GOAWAY once the live ones have ended.
+
+        The GOAWAY waits for idleness because clients built on `h2` (httpx2, and so the
+        Python SDK) stop reading a connection the moment one arrives, live streams and
+        all; streams opened meanwhile get REFUSED_STREAM, which every client retries.
+        """
+        self._draining = True
+        self._close_when_idle()
+
+    def _close_when_idle(self) -> None:
+        if self._draining and not self._streams and self._transport is not None:
+            self.conn.close_connection()
+            self.flush()
+            self._transport.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 from typing import Any
 
@@ -11,6 +12,7 @@ import httpx2
 
 KEEPALIVE = b": keepalive\n\n"
 PING = b'event: ping\ndata: {"type": "ping"}\n\n'
+ERROR_FRAME = re.compile(rb"event: error\ndata: (\{[^\n]*\})\n\n")
 
 MESSAGE_PARAMS: dict[str, Any] = {
     "model": "claude-sim-1",
@@ -65,3 +67,12 @@ def raw_http(port: int, request: bytes, timeout: float = 10.0) -> bytes:
 
 def without_keepalives(data: bytes, frame: bytes = KEEPALIVE) -> bytes:
     return data.replace(frame, b"")
+
+
+def single_error_frame(data: bytes) -> dict[str, Any]:
+    """The one error frame `data` ends with; the bytes after it must be nothing."""
+    frames = ERROR_FRAME.findall(data)
+    assert len(frames) == 1, data[-400:]
+    assert data.endswith(b"\n\n") and ERROR_FRAME.search(data[data.rfind(b"event: error") :])
+    error: dict[str, Any] = json.loads(frames[0])
+    return error

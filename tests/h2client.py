@@ -27,11 +27,19 @@ class RawH2Client:
         self.data: dict[int, bytearray] = {}
         self.ended: set[int] = set()
         self.status: dict[int, int] = {}
+        #: RST_STREAM error codes the relay sent, by stream.
+        self.reset_codes: dict[int, int] = {}
+        #: The relay's GOAWAY, once it came: (last stream id, error code).
+        self.goaway: tuple[int, int] | None = None
         #: Streams whose received data is never acknowledged (their window stays shut).
         self.withhold: set[int] = set()
         self._send()
 
-    def stream(self, script: dict[str, object] | None = None) -> int:
+    def stream(
+        self,
+        script: dict[str, object] | None = None,
+        extra_headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> int:
         stream_id: int = self.conn.get_next_available_stream_id()
         body = json.dumps({**MESSAGE_PARAMS, "stream": True}).encode()
         headers = [
@@ -41,6 +49,7 @@ class RawH2Client:
             (b":authority", b"relay"),
             (b"content-type", b"application/json"),
             (b"x-sim-script", json.dumps(script or {}).encode()),
+            *(extra_headers or ()),
         ]
         self.conn.send_headers(stream_id, headers)
         self.conn.send_data(stream_id, body, end_stream=True)
@@ -70,8 +79,13 @@ class RawH2Client:
                         )
                 elif isinstance(event, h2.events.ResponseReceived):
                     self.status[event.stream_id] = int(dict(event.headers)[b":status"])
-                elif isinstance(event, h2.events.StreamEnded | h2.events.StreamReset):
+                elif isinstance(event, h2.events.StreamEnded):
                     self.ended.add(event.stream_id)
+                elif isinstance(event, h2.events.StreamReset):
+                    self.ended.add(event.stream_id)
+                    self.reset_codes[event.stream_id] = event.error_code
+                elif isinstance(event, h2.events.ConnectionTerminated):
+                    self.goaway = (event.last_stream_id, event.error_code)
             self._send()
 
     def _send(self) -> None:

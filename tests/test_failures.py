@@ -16,12 +16,19 @@ import httpx2
 import pytest
 
 from relay.sim_script import SimScript
-from tests.clients import KEEPALIVE, MESSAGE_PARAMS, raw_http, raw_stream, script, sdk_stream
+from tests.clients import (
+    KEEPALIVE,
+    MESSAGE_PARAMS,
+    raw_http,
+    raw_stream,
+    script,
+    sdk_stream,
+    single_error_frame,
+)
 from tests.relayproc import RelayProcess
 from tests.simserver import SimServer
 
 KA = 0.1
-ERROR_FRAME = re.compile(rb"event: error\ndata: (\{[^\n]*\})\n\n")
 
 
 @pytest.fixture(scope="module")
@@ -59,15 +66,6 @@ class AcceptAndClose:
 
     def close(self) -> None:
         self._server.close()
-
-
-def _single_error(data: bytes) -> dict[str, Any]:
-    """The one error frame `data` ends with; the bytes after it must be nothing."""
-    frames = ERROR_FRAME.findall(data)
-    assert len(frames) == 1, data[-400:]
-    assert data.endswith(b"\n\n") and ERROR_FRAME.search(data[data.rfind(b"event: error") :])
-    error: dict[str, Any] = json.loads(frames[0])
-    return error
 
 
 def test_dead_upstream_gets_api_error_and_sdk_retries_by_itself() -> None:
@@ -109,7 +107,7 @@ def test_upstream_dying_mid_stream_ends_with_one_error_frame(
     dying = script(**{failure: 5})
     status, _, data = raw_stream(relay.url, headers=dying)  # a clean end: no exception
     assert status == 200
-    error = _single_error(data)
+    error = single_error_frame(data)
     assert error["error"]["type"] == "api_error"
     assert re.match(
         r"upstream connection lost after \d+ bytes / 5 events", error["error"]["message"]
@@ -128,7 +126,7 @@ def test_upstream_silence_past_read_timeout_ends_with_error_after_keepalives(
 ) -> None:
     _, _, data = raw_stream(relay.url, headers=script(gaps=[[3, 5.0]]))
     assert data.count(KEEPALIVE) >= 3
-    error = _single_error(data)
+    error = single_error_frame(data)
     assert "upstream sent nothing for 0.6 s" in error["error"]["message"]
 
 
@@ -151,7 +149,7 @@ def test_upstream_error_frames_pass_verbatim_without_a_second_one(
 def test_clean_end_without_message_stop_gets_the_truncation_error(relay: RelayProcess) -> None:
     cut = script(end_without_stop=True)
     _, _, data = raw_stream(relay.url, headers=cut)
-    assert "without message_stop" in _single_error(data)["error"]["message"]
+    assert "without message_stop" in single_error_frame(data)["error"]["message"]
     with pytest.raises(anthropic.APIStatusError):
         sdk_stream(relay.url, cut)
 
@@ -306,7 +304,7 @@ def test_sigterm_drains_short_streams_and_ends_long_ones(sim: SimServer) -> None
         assert b"event: message_stop" in results[index]
         assert b"event: error" not in results[index]
     for index in range(10, 20):
-        error = _single_error(results[index])
+        error = single_error_frame(results[index])
         assert error["error"]["type"] == "overloaded_error"
         assert "restarting" in error["error"]["message"]
 

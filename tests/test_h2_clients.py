@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import signal
 import ssl
 import subprocess
 import time
@@ -15,9 +16,17 @@ import anthropic
 import httpx2
 import pytest
 import trustme
+from h2.errors import ErrorCodes
 
 from relay.sim import CloseRecord
-from tests.clients import KEEPALIVE, MESSAGE_PARAMS, raw_stream, script, sdk_stream
+from tests.clients import (
+    KEEPALIVE,
+    MESSAGE_PARAMS,
+    raw_stream,
+    script,
+    sdk_stream,
+    single_error_frame,
+)
 from tests.h2client import RawH2Client
 from tests.relayproc import RelayProcess
 from tests.simserver import SimServer
@@ -167,3 +176,72 @@ def test_nghttp_fetches_a_stream(sim: SimServer, relay: RelayProcess, tmp_path: 
     ).stdout
     _, _, direct = raw_stream(sim.url, headers={"x-sim-script": gap})
     assert KEEPALIVE in fetched and fetched.replace(KEEPALIVE, b"") == direct
+
+
+def test_upstream_dying_ends_the_h2_stream_with_an_error_frame(
+    sim: SimServer, relay: RelayProcess
+) -> None:
+    client = RawH2Client(relay.port)
+    try:
+        dying = client.stream({"drop_after": 5})
+        healthy = client.stream({"gaps": [[2, 0.3]]})
+        client.pump_until(lambda: {dying, healthy} <= client.ended)
+    finally:
+        client.close()
+    assert dying not in client.reset_codes, "ended by END_STREAM, not a reset"
+    error = single_error_frame(bytes(client.data[dying]))
+    assert error["error"]["type"] == "api_error"
+    assert b"event: message_stop" in client.data[healthy]
+
+
+def test_streams_past_the_limit_are_refused_one_by_one(sim: SimServer) -> None:
+    with RelayProcess(sim.url, "--max-streams", "4", keepalive=KA) as relay:
+        client = RawH2Client(relay.port)
+        try:
+            client.pump_until(lambda: client.conn.remote_settings.max_concurrent_streams == 4)
+            # Ignore the advertised limit, as a misbehaving client would.
+            client.conn.remote_settings.max_concurrent_streams = 10
+            client.conn.remote_settings.acknowledge()
+            streams = [client.stream({"gaps": [[2, 0.5]]}) for _ in range(6)]
+            client.pump_until(lambda: set(streams) <= client.ended)
+        finally:
+            client.close()
+    refused = [s for s in streams if client.reset_codes.get(s) == ErrorCodes.REFUSED_STREAM]
+    assert refused == streams[4:]
+    assert all(b"event: message_stop" in client.data[s] for s in streams[:4])
+
+
+def test_oversize_headers_get_431_on_their_stream_only(sim: SimServer) -> None:
+    with RelayProcess(sim.url, "--max-header-bytes", "4096", keepalive=KA) as relay:
+        client = RawH2Client(relay.port)
+        try:
+            big = client.stream(extra_headers=[(b"x-big", b"a" * 8000)])
+            fine = client.stream()
+            client.pump_until(lambda: {big, fine} <= client.ended)
+        finally:
+            client.close()
+    assert client.status[big] == 431
+    assert json.loads(bytes(client.data[big]))["error"]["type"] == "invalid_request_error"
+    assert client.status[fine] == 200 and b"event: message_stop" in client.data[fine]
+
+
+def test_drain_lets_live_streams_finish_refuses_new_ones_then_goaway(sim: SimServer) -> None:
+    gap = {"gaps": [[2, 1.0]]}
+    with RelayProcess(sim.url, "--drain-timeout", "5", keepalive=KA) as relay:
+        client = RawH2Client(relay.port)
+        try:
+            live = client.stream(gap)
+            client.pump_until(lambda: client.data[live].count(b"\n\n") >= 2)
+            relay.proc.send_signal(signal.SIGTERM)
+            client.pump_until(lambda: b"draining" in relay.stderr_text, timeout=5)
+            late = client.stream(gap)
+            client.pump_until(lambda: late in client.ended)
+            assert live not in client.ended and client.goaway is None
+            client.pump_until(lambda: client.goaway is not None)
+        finally:
+            client.close()
+        assert relay.proc.wait(10) == 0
+    assert client.reset_codes == {late: ErrorCodes.REFUSED_STREAM}
+    assert client.goaway == (late, ErrorCodes.NO_ERROR)
+    direct = raw_stream(sim.url, headers={"x-sim-script": json.dumps(gap)})[2]
+    assert client.data[live].replace(KEEPALIVE, b"") == direct
