@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import signal
 import ssl
 import sys
@@ -28,6 +29,13 @@ def server_tls_context(cert: str, key: str) -> ssl.SSLContext:
     return context
 
 
+def _raise_file_limit() -> None:
+    """Every stream holds two sockets: take the whole hard limit, as nginx and Envoy do."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def _address(scheme: str, server: asyncio.Server) -> str:
     host, port = server.sockets[0].getsockname()[:2]
     return f"{scheme}://{host}:{port}"
@@ -38,6 +46,7 @@ async def serve(config: RelayConfig) -> None:
     logging.basicConfig(
         stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
     )
+    _raise_file_limit()
     loop = asyncio.get_running_loop()
     context = RelayContext(config)
     servers = [

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import resource
 import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import anthropic
 import httpx2
@@ -298,3 +300,16 @@ def test_chunked_request_body_reaches_upstream_intact(sim: SimServer, relay: Rel
         response = client.post(relay.url + "/v1/messages", content=chunks())
     assert response.status_code == 200 and b"event: message_stop" in response.content
     assert sim.requests[before].body == body
+
+
+def test_relay_takes_the_whole_open_file_hard_limit(sim: SimServer) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(1024, hard), hard))
+    try:
+        relay = RelayProcess(sim.url)  # inherits the low soft limit
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    with relay:
+        limits = Path(f"/proc/{relay.proc.pid}/limits").read_text()
+    line = next(line for line in limits.splitlines() if line.startswith("Max open files"))
+    assert line.split()[3:5] == [str(hard), str(hard)]
