@@ -52,8 +52,8 @@ class H2ClientStream:
     __slots__ = (
         "_ended",
         "_owner",
+        "_paused",
         "_pending",
-        "_window_blocked",
         "id",
         "relay",
         "unacked",
@@ -65,7 +65,7 @@ class H2ClientStream:
         self.relay: RelayStream | None = None
         self._pending: deque[bytes] = deque()
         self._ended = False
-        self._window_blocked = False
+        self._paused = False
         #: Request body bytes received but not yet acknowledged (upstream paused).
         self.unacked: int | None = None
 
@@ -127,10 +127,14 @@ class H2ClientStream:
             self._owner.forget(self.id)
             return
         self._owner.schedule_flush()
-        blocked = bool(pending)
-        if blocked != self._window_blocked and self.relay is not None:
-            self._window_blocked = blocked
-            if blocked:
+        self.update_pause()
+
+    def update_pause(self) -> None:
+        """Upstream reads pause while this stream's window or the socket is full."""
+        paused = bool(self._pending) or self._owner.write_paused
+        if paused != self._paused and self.relay is not None:
+            self._paused = paused
+            if paused:
                 self.relay.on_client_paused()
             else:
                 self.relay.on_client_resumed()
@@ -147,7 +151,8 @@ class H2Server(asyncio.Protocol):
         self._client_ip: str | None = None
         self._streams: dict[int, H2ClientStream] = {}
         self._flush_scheduled = False
-        self._write_paused = False
+        #: The socket's send buffer is over its high-water mark: every stream waits.
+        self.write_paused = False
         self._loop = asyncio.get_running_loop()
         self._max_streams = min(MAX_CONCURRENT_STREAMS, context.config.max_streams)
         self._draining = False
@@ -201,16 +206,14 @@ class H2Server(asyncio.Protocol):
                 stream.relay.on_client_gone()
 
     def pause_writing(self) -> None:
-        self._write_paused = True
-        for stream in self._streams.values():
-            if stream.relay is not None:
-                stream.relay.on_client_paused()
+        self.write_paused = True
+        for stream in list(self._streams.values()):
+            stream.update_pause()
 
     def resume_writing(self) -> None:
-        self._write_paused = False
+        self.write_paused = False
         for stream in list(self._streams.values()):
-            if stream.relay is not None:
-                stream.relay.on_client_resumed()
+            stream.update_pause()
 
     # -- events -> core ---------------------------------------------------------------
 
@@ -284,8 +287,7 @@ class H2Server(asyncio.Protocol):
             relay.refuse(HeadersTooLarge("request header fields too large"))
             return
         self._context.start(relay)
-        if self._write_paused:
-            relay.on_client_paused()
+        stream.update_pause()
 
     # -- for the streams --------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 import h2.config
 import h2.connection
 import h2.events
+import h2.settings
 
 from tests.clients import MESSAGE_PARAMS
 
@@ -17,11 +18,19 @@ from tests.clients import MESSAGE_PARAMS
 class RawH2Client:
     """h2c with prior knowledge; per-stream control of WINDOW_UPDATE and RST_STREAM."""
 
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    def __init__(
+        self, port: int, stream_window: int | None = None, receive_buffer: int | None = None
+    ) -> None:
+        self.sock = socket.socket()
+        if receive_buffer is not None:  # set before connecting: it caps the TCP window
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        self.sock.settimeout(10)
+        self.sock.connect(("127.0.0.1", port))
         config = h2.config.H2Configuration(client_side=True, header_encoding=None)
         self.conn = h2.connection.H2Connection(config)
         self.conn.initiate_connection()
+        if stream_window is not None:
+            self.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: stream_window})
         # A large connection window, so one stalled stream cannot starve the others.
         self.conn.increment_flow_control_window(1 << 30)
         self.data: dict[int, bytearray] = {}
