@@ -2,9 +2,10 @@
 """Cython twin of `relay.sse_scanner_pure.FrameScanner`: same state machine, C loop.
 
 Keep the two in step; tests/test_scanner.py checks they agree. `feed` allocates
-nothing for `bytes` input: it walks the object's buffer in place.
+nothing for `bytes` or `bytearray` input: it walks the object's buffer in place.
 """
 
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from libc.string cimport memcmp
 
@@ -90,9 +91,21 @@ cdef class FrameScanner:
 
     def feed(self, data):
         """Account for the next chunk of the stream."""
-        cdef bytes buf = data if type(data) is bytes else bytes(memoryview(data))
-        cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(buf)
-        cdef Py_ssize_t n = PyBytes_GET_SIZE(buf)
+        cdef object buf = data
+        cdef const unsigned char* p
+        cdef Py_ssize_t n
+        # h11 hands over bytearrays: read both kinds in place, copy only other buffers.
+        if type(buf) is bytes:
+            p = <const unsigned char*>PyBytes_AS_STRING(buf)
+            n = PyBytes_GET_SIZE(buf)
+        else:
+            if type(buf) is not bytearray:
+                buf = bytes(memoryview(buf))
+                p = <const unsigned char*>PyBytes_AS_STRING(buf)
+                n = PyBytes_GET_SIZE(buf)
+            else:
+                p = <const unsigned char*>PyByteArray_AS_STRING(buf)
+                n = PyByteArray_GET_SIZE(buf)
         cdef Py_ssize_t i = 0
         cdef unsigned char c
         if self._bom != BOM_DONE:

@@ -28,6 +28,12 @@ def needs_truncation_error(scanner: FrameScanner) -> bool:
     return scanner.saw_message_start and not (scanner.saw_message_stop or scanner.saw_error)
 
 
+def ended_by_upstream(scanner: FrameScanner) -> bool:
+    """Upstream already sent its last word (message_stop or its own error) in whole frames:
+    nothing the relay could add would be news, only a contradiction."""
+    return (scanner.saw_message_stop or scanner.saw_error) and scanner.at_boundary
+
+
 def ending_frames(scanner: FrameScanner, error_type: str, message: str) -> bytes:
     """Close any partial frame, then one well-formed error frame."""
     return close_partial_frame(scanner) + error_frame(error_type, message)

@@ -35,7 +35,7 @@ from relay.exchange import (
 from relay.headers import end_to_end, header_value
 from relay.keepalive import KeepaliveClock
 from relay.retry import retry_after
-from relay.sse_endings import ending_frames, needs_truncation_error
+from relay.sse_endings import ended_by_upstream, ending_frames, needs_truncation_error
 from relay.sse_scanner import FrameScanner
 
 log = logging.getLogger("sse_relay")
@@ -142,7 +142,13 @@ class RelayStream:
         self._body_size += len(data)
         if self._body_size > self._settings.max_body_bytes:
             if self._head_sent:
-                self.on_client_gone()
+                # Upstream answered before the body was complete; the answer is already
+                # under way, so only a reset can still say no.
+                log.warning("reset %s %s: %s", *self._describe(), self._too_large_message())
+                self._counters.refused += 1
+                self._finish()
+                self._abort_upstream()
+                self._client.abort()
             else:
                 self._abort_upstream()
                 self.refuse(BodyTooLarge(self._too_large_message()))
@@ -327,6 +333,11 @@ class RelayStream:
                 "answered %s %s with %d: %s", *self._describe(), error.status, error.message
             )
             self._send_error_response(error)
+        elif self._scanner is not None and ended_by_upstream(self._scanner):
+            # The Messages stream is complete (message_stop) or upstream reported its own
+            # error: an added error would make a finished, paid-for turn look failed.
+            log.info("ended %s %s after its last event: %s", *self._describe(), error.message)
+            self._client.send_end()
         elif self._scanner is not None:
             log.warning("ended %s %s with an error frame: %s", *self._describe(), error.message)
             self._client.send_body(ending_frames(self._scanner, error.error_type, error.message))
@@ -358,6 +369,8 @@ class RelayStream:
         upstream, self._upstream = self._upstream, None
         if upstream is not None:
             upstream.abort()
+            # A congested upstream may have paused the client's body; a retry needs it.
+            self._client.resume_request_body()
 
     def _finish(self) -> None:
         self._finished = True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import signal
@@ -29,6 +30,7 @@ from tests.relayproc import RelayProcess
 from tests.simserver import SimServer
 
 KA = 0.1
+_FRAME = re.compile(rb"event: [^\n]*\ndata: [^\n]*\n\n")
 
 
 @pytest.fixture(scope="module")
@@ -144,6 +146,57 @@ def test_upstream_error_frames_pass_verbatim_without_a_second_one(
     _, _, relayed = raw_stream(relay.url, headers=overloaded)
     assert relayed.replace(KEEPALIVE, b"") == direct
     assert relayed.count(b"event: error") == 1 and b"overloaded_error" in relayed
+
+
+class CutsOffAfterLastEvent:
+    """An upstream whose SSE body ends without the last chunk, right after `frames`."""
+
+    def __init__(self, frames: list[bytes]) -> None:
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._server.getsockname()[1]}"
+        self._frames = frames
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = self._server.accept()
+                with conn:
+                    conn.recv(65536)
+                    conn.sendall(
+                        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                        b"transfer-encoding: chunked\r\n\r\n"
+                    )
+                    for frame in self._frames:
+                        conn.sendall(b"%x\r\n%s\r\n" % (len(frame), frame))
+
+    def close(self) -> None:
+        self._server.close()
+
+
+@pytest.mark.parametrize("last", ["message_stop", "error"])
+def test_a_stream_upstream_finished_gets_nothing_added_when_the_connection_drops(
+    sim: SimServer, last: str
+) -> None:
+    """Cut off after its last event: an added error would fail a finished, paid turn."""
+    frames = _FRAME.findall(raw_stream(sim.url, headers=script(error_after=4))[2])
+    if last == "message_stop":
+        frames = _FRAME.findall(raw_stream(sim.url)[2])
+    assert frames[-1].startswith(b"event: " + last.encode())
+    upstream = CutsOffAfterLastEvent(frames)
+    try:
+        with RelayProcess(upstream.url, keepalive=KA) as relay:
+            _, _, relayed = raw_stream(relay.url)
+            if last == "message_stop":
+                _, final = sdk_stream(relay.url)
+                assert final.stop_reason == "end_turn"
+            else:
+                with pytest.raises(anthropic.APIStatusError) as caught:
+                    sdk_stream(relay.url)
+                assert caught.value.type == "overloaded_error"  # type: ignore[attr-defined]
+    finally:
+        upstream.close()
+    assert relayed.replace(KEEPALIVE, b"") == b"".join(frames)
 
 
 def test_clean_end_without_message_stop_gets_the_truncation_error(relay: RelayProcess) -> None:
