@@ -48,6 +48,7 @@ class RelayConfig:
     read_timeout: float = 600.0
     tls_verify: bool = True
     upstream_ca: str | None = None
+    upstream_protocol: str = "auto"
     max_header_bytes: int = 64 * 1024
     max_body_bytes: int = 32 * 1024 * 1024
     header_timeout: float = 30.0
@@ -62,6 +63,8 @@ class RelayConfig:
     tls_listen_port: int = 8443
     tls_cert: str | None = None
     tls_key: str | None = None
+    http3: bool = False
+    quic_idle_timeout: float = 60.0
 
 
 def parse_upstream(value: str) -> UpstreamTarget:
@@ -135,6 +138,8 @@ class _Setting:
     metavar: str = "VALUE"
     #: May be given more than once (in the environment: comma-separated).
     repeat: bool = False
+    #: A flag without a value that means "true" (the environment still takes true/false).
+    switch: bool = False
 
     @property
     def env(self) -> str:
@@ -171,6 +176,13 @@ SETTINGS: tuple[_Setting, ...] = (
     ),
     _Setting("tls-verify", _boolean, "verify upstream TLS certificates (true)", "true|false"),
     _Setting("upstream-ca", str, "CA bundle to verify upstream with (system store)", "PATH"),
+    _Setting(
+        "upstream-protocol",
+        _choice("auto", "h2", "http/1.1"),
+        "upstream HTTP version: auto (h2 when TLS ALPN picks it), h2 (h2c for http://) "
+        "or http/1.1 (auto)",
+        "auto|h2|http/1.1",
+    ),
     _Setting("max-header-bytes", _positive_int, "request head size limit, 431 past it (65536)"),
     _Setting("max-body-bytes", _positive_int, "request body limit, 413 past it (33554432)"),
     _Setting("header-timeout", _positive_seconds, "time to send a request head, 408 past it (30)"),
@@ -199,6 +211,18 @@ SETTINGS: tuple[_Setting, ...] = (
     _Setting("tls-cert", str, "certificate chain (PEM) for the TLS listener", "PATH"),
     _Setting("tls-key", str, "private key (PEM) for the TLS listener", "PATH"),
     _Setting(
+        "http3",
+        _boolean,
+        "also serve HTTP/3 (QUIC, UDP) on the TLS listener's port; needs --tls-cert",
+        switch=True,
+    ),
+    _Setting(
+        "quic-idle-timeout",
+        _positive_seconds,
+        "close an HTTP/3 connection silent this long; above --keepalive-interval (60)",
+        "SECONDS",
+    ),
+    _Setting(
         "drain-timeout",
         _positive_seconds,
         "on SIGTERM, time streams get to finish (30)",
@@ -213,6 +237,7 @@ _FIELDS = {
     "upstream-read-timeout": "read_timeout",
     "tls-verify": "tls_verify",
     "upstream-ca": "upstream_ca",
+    "upstream-protocol": "upstream_protocol",
     "max-header-bytes": "max_header_bytes",
     "max-body-bytes": "max_body_bytes",
     "header-timeout": "header_timeout",
@@ -223,6 +248,8 @@ _FIELDS = {
     "drain-timeout": "drain_timeout",
     "tls-cert": "tls_cert",
     "tls-key": "tls_key",
+    "http3": "http3",
+    "quic-idle-timeout": "quic_idle_timeout",
 }
 
 DEFAULT_UPSTREAM = "https://api.anthropic.com"
@@ -231,6 +258,14 @@ DEFAULT_UPSTREAM = "https://api.anthropic.com"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare every setting as a flag; values stay raw strings until `load`."""
     for setting in SETTINGS:
+        if setting.switch:
+            parser.add_argument(
+                "--" + setting.flag,
+                action="store_const",
+                const="true",
+                help=f"{setting.help}; env {setting.env}=true|false",
+            )
+            continue
         parser.add_argument(
             "--" + setting.flag,
             metavar=setting.metavar,
@@ -268,4 +303,12 @@ def load(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> R
     kwargs["upstreams"] = values.get("upstream") or (parse_upstream(DEFAULT_UPSTREAM),)
     kwargs["retry_statuses"] = frozenset(values.get("retry-on-status", ()))
     kwargs["deny_params"] = frozenset(values.get("deny-param", ()))
-    return RelayConfig(**kwargs)
+    config = RelayConfig(**kwargs)
+    if config.http3 and config.tls_cert is None:
+        raise ConfigError("--http3 needs --tls-cert and --tls-key (QUIC is always TLS)")
+    if config.http3 and config.quic_idle_timeout <= config.keepalive_interval:
+        raise ConfigError(
+            "--quic-idle-timeout must be longer than --keepalive-interval, so that "
+            "keepalives keep HTTP/3 connections open"
+        )
+    return config

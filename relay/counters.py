@@ -21,3 +21,6 @@ class Counters:
     truncated: int = 0
     #: SSE responses that arrived content-encoded and so could take no keepalives.
     sse_compressed: int = 0
+    #: UDP datagrams on the HTTP/3 port that belonged to no QUIC connection (garbage,
+    #: unknown connection IDs, Initials that did not decrypt).
+    quic_dropped: int = 0

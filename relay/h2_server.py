@@ -74,6 +74,11 @@ class H2ClientStream:
     def send_head(self, status: int, headers: Headers) -> None:
         block = [(b":status", str(status).encode())]
         block += [(k, v) for k, v in headers if k not in _CONNECTION_SPECIFIC]
+        alt_svc = self._owner._context.alt_svc
+        if alt_svc is not None:
+            # Ours replaces upstream's, which speaks of upstream's origin.
+            block = [(k, v) for k, v in block if k != b"alt-svc"]
+            block.append((b"alt-svc", alt_svc))
         self._owner.conn.send_headers(self.id, block)
         self._owner.schedule_flush()
 

@@ -41,6 +41,15 @@ log = logging.getLogger("sse_relay")
 _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 
 
+def _origin_form(target: bytes) -> bytes:
+    """The path of an absolute-form target (sent by clients that take the relay for an
+    HTTP proxy), which is what upstream must see; any other target as it is."""
+    if not target.startswith((b"http://", b"https://")):
+        return target
+    path = target.find(b"/", target.index(b"//") + 2)
+    return target[path:] if path != -1 else b"/"
+
+
 class Http1Server(asyncio.Protocol):
     """One client connection speaking HTTP/1.1."""
 
@@ -140,7 +149,8 @@ class Http1Server(asyncio.Protocol):
         has_body = header_value(headers, b"transfer-encoding") is not None or (
             length is not None and length != b"0"
         )
-        head = RequestHead(request.method, request.target, headers, self._client_ip, has_body)
+        target = _origin_form(request.target)
+        head = RequestHead(request.method, target, headers, self._client_ip, has_body)
         self._stream = self._context.new_stream(self, head)
         self._context.start(self._stream)
 
@@ -246,6 +256,10 @@ class Http1Server(asyncio.Protocol):
             headers = [*headers, (b"transfer-encoding", b"chunked")]
         if self._context.draining:
             headers = [*headers, (b"connection", b"close")]
+        if self._context.alt_svc is not None:
+            # Ours replaces upstream's, which speaks of upstream's origin.
+            headers = [(k, v) for k, v in headers if k != b"alt-svc"]
+            headers.append((b"alt-svc", self._context.alt_svc))
         self._chunked = chunked
         response = h11.Response(
             status_code=status, headers=headers, reason=_REASONS.get(status, b"")

@@ -9,11 +9,16 @@ from relay.body_policy import BodyPolicy
 from relay.config import RelayConfig
 from relay.counters import Counters
 from relay.errors import Overloaded
-from relay.exchange import ClientSide, RequestHead, ResponseSink, StreamSettings
+from relay.exchange import (
+    ClientSide,
+    RequestHead,
+    ResponseSink,
+    StreamSettings,
+    UpstreamExchange,
+)
 from relay.keepalive import FRAMES
 from relay.retry import RetryPolicy
 from relay.stream import RelayStream
-from relay.upstream_http1 import Http1Upstream
 from relay.upstream_pool import UpstreamPool, tls_context
 
 
@@ -27,6 +32,8 @@ class RelayContext:
         self.draining = False
         #: Called when a drain starts (HTTP/2 connections send GOAWAY).
         self.on_drain: set[Callable[[], None]] = set()
+        #: The Alt-Svc value HTTP/1.1 and HTTP/2 responses carry while HTTP/3 is served.
+        self.alt_svc: bytes | None = None
         self.settings = StreamSettings(
             keepalive_interval=config.keepalive_interval,
             keepalive_frame=FRAMES[config.keepalive_frame],
@@ -39,9 +46,10 @@ class RelayContext:
             ),
             body_policy=BodyPolicy(config.deny_params, config.on_deny),
         )
-        tls = tls_context(config.tls_verify, config.upstream_ca)
+        protocol = config.upstream_protocol
+        tls = tls_context(config.tls_verify, config.upstream_ca, protocol)
         self.pools = [
-            UpstreamPool(target, connect_timeout=config.connect_timeout, tls=tls)
+            UpstreamPool(target, connect_timeout=config.connect_timeout, tls=tls, protocol=protocol)
             for target in config.upstreams
         ]
 
@@ -62,7 +70,7 @@ class RelayContext:
 
     async def _open_upstream(
         self, head: RequestHead, sink: ResponseSink, attempt: int
-    ) -> Http1Upstream:
+    ) -> UpstreamExchange:
         # Retries move on to the next configured upstream, round robin.
         return await self.pools[attempt % len(self.pools)].open(head, sink)
 

@@ -11,7 +11,9 @@ import sys
 
 from relay import __version__
 from relay.config import RelayConfig
+from relay.h3_server import serve_h3
 from relay.listener import FirstBytesProtocol
+from relay.quic_listener import QuicListener
 from relay.relay_context import RelayContext
 from relay.sse_scanner import IMPLEMENTATION
 
@@ -19,6 +21,10 @@ log = logging.getLogger("sse_relay")
 
 # After the drain, time for the last error frames to leave the socket buffers.
 _FLUSH_SECONDS = 0.2
+# With an ephemeral TLS port, tries at a TCP port whose UDP twin is free for HTTP/3.
+_PORT_PAIR_ATTEMPTS = 5
+# How long clients may cache the HTTP/3 advertisement (RFC 7838's default, one day).
+_ALT_SVC_MAX_AGE = 86400
 
 
 def server_tls_context(cert: str, key: str) -> ssl.SSLContext:
@@ -41,6 +47,42 @@ def _address(scheme: str, server: asyncio.Server) -> str:
     return f"{scheme}://{host}:{port}"
 
 
+async def _tls_listeners(context: RelayContext) -> tuple[asyncio.Server, QuicListener | None]:
+    """The TLS listener and, with --http3, the QUIC listener on the same port number.
+
+    HTTP/3 is found through Alt-Svc, which names a port, not a protocol: the UDP port
+    must equal the TCP one. With an ephemeral TLS port that UDP port may be taken, so
+    another pair is tried.
+    """
+    config = context.config
+    assert config.tls_cert is not None and config.tls_key is not None
+    tls = server_tls_context(config.tls_cert, config.tls_key)
+    loop = asyncio.get_running_loop()
+    attempts = 1 if config.tls_listen_port else _PORT_PAIR_ATTEMPTS
+    while True:
+        server = await loop.create_server(
+            lambda: FirstBytesProtocol(context),
+            config.tls_listen_host,
+            config.tls_listen_port,
+            ssl=tls,
+            reuse_address=True,
+            backlog=4096,
+        )
+        if not config.http3:
+            return server, None
+        port = server.sockets[0].getsockname()[1]
+        try:
+            quic = await serve_h3(context, config.tls_listen_host, port)
+        except OSError:
+            server.close()
+            attempts -= 1
+            if not attempts:
+                raise
+            continue
+        context.alt_svc = f'h3=":{port}"; ma={_ALT_SVC_MAX_AGE}'.encode()
+        return server, quic
+
+
 async def serve(config: RelayConfig) -> None:
     """Accept clients until SIGTERM or SIGINT."""
     logging.basicConfig(
@@ -59,18 +101,13 @@ async def serve(config: RelayConfig) -> None:
         )
     ]
     addresses = [_address("http", servers[0])]
+    quic: QuicListener | None = None
     if config.tls_cert and config.tls_key:
-        servers.append(
-            await loop.create_server(
-                lambda: FirstBytesProtocol(context),
-                config.tls_listen_host,
-                config.tls_listen_port,
-                ssl=server_tls_context(config.tls_cert, config.tls_key),
-                reuse_address=True,
-                backlog=4096,
-            )
-        )
-        addresses.append(_address("https", servers[1]))
+        tls_server, quic = await _tls_listeners(context)
+        servers.append(tls_server)
+        addresses.append(_address("https", tls_server))
+        if quic is not None:
+            addresses.append(_address("h3", tls_server))
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -84,6 +121,8 @@ async def serve(config: RelayConfig) -> None:
         # Graceful drain: stop accepting, let streams finish, end the rest cleanly.
         for server in servers:
             server.close()
+        if quic is not None:
+            quic.accepting = False  # live QUIC connections keep their socket
         live = len(context.active)
         log.info("draining %d streams for up to %g s", live, config.drain_timeout)
         await context.drain(config.drain_timeout)
@@ -91,5 +130,7 @@ async def serve(config: RelayConfig) -> None:
     finally:
         for server in servers:
             server.close()
+        if quic is not None:
+            quic.close()
         context.close()
         log.info("sse-relay stopped")

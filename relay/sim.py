@@ -2,8 +2,9 @@
 
 Platform teams point load balancers at it to see idle timeouts bite; the tests and
 benchmarks use it as the upstream. This module is the HTTP/1.1 transport (an h11
-`asyncio.Protocol`), the shared recording state, and the command line; what is sent,
-and when, lives in `relay.sim_script`.
+`asyncio.Protocol`), the choice of HTTP version per connection, the shared recording
+state, and the command line; HTTP/2 lives in `relay.sim_h2`, and what is sent, and
+when, in `relay.sim_script`.
 """
 
 from __future__ import annotations
@@ -22,16 +23,21 @@ from typing import Any, cast
 
 import h11
 
+from relay.sim_h2 import Http2Connection
 from relay.sim_script import RecordedRequest, SimScript, play
+
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
 @dataclass(frozen=True)
 class CloseRecord:
-    """A connection's end, timed when the server noticed it."""
+    """A connection's end, timed when the server noticed it; over HTTP/2 also a client's
+    RST_STREAM of a response in progress (then `reset_code` is its error code)."""
 
     time: float  # time.monotonic()
     client_aborted_midstream: bool  # the peer left while a request was being answered
     connection: int  # 1-based accept order
+    reset_code: int | None = None
 
 
 @dataclass
@@ -42,7 +48,10 @@ class SimState:
     requests: list[RecordedRequest] = field(default_factory=list)
     closes: list[CloseRecord] = field(default_factory=list)
     connections: int = 0  # accepted so far
-    live: set[Http1Connection] = field(default_factory=set, init=False, repr=False)
+    h2_max_streams: int = 100  # MAX_CONCURRENT_STREAMS an HTTP/2 connection advertises
+    live: set[Http1Connection | Http2Connection] = field(
+        default_factory=set, init=False, repr=False
+    )
     _request_ids: itertools.count[int] = field(
         default_factory=lambda: itertools.count(1), init=False, repr=False
     )
@@ -50,9 +59,20 @@ class SimState:
     def next_request_id(self) -> str:
         return f"req_sim_{next(self._request_ids)}"
 
+    def record_close(
+        self, at: float, midstream: bool, connection: int, reset_code: int | None = None
+    ) -> None:
+        self.closes.append(CloseRecord(at, midstream, connection, reset_code))
+
     def abort_all(self) -> None:
         for connection in list(self.live):
             connection.abort()
+
+    def goaway_all(self) -> None:
+        """Every HTTP/2 connection finishes the responses it began, refuses the rest."""
+        for connection in list(self.live):
+            if isinstance(connection, Http2Connection):
+                connection.goaway()
 
 
 def _reason(status: int) -> bytes:
@@ -66,8 +86,9 @@ def _reason(status: int) -> bytes:
 class Http1Connection(asyncio.Protocol):
     """One HTTP/1.1 connection: keep-alive and pipelining via h11; also the `Sink`."""
 
-    def __init__(self, state: SimState) -> None:
+    def __init__(self, state: SimState, number: int) -> None:
         self._state = state
+        self._number = number
         self._h11 = h11.Connection(h11.SERVER)
         self._transport: asyncio.Transport | None = None
         self._request: h11.Request | None = None
@@ -77,14 +98,11 @@ class Http1Connection(asyncio.Protocol):
         self._writable.set()
         self._peer_left_at: float | None = None
         self._closed_by_us = False
-        self._number = 0
 
     # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-        self._state.connections += 1
-        self._number = self._state.connections
         self._state.live.add(self)
 
     def data_received(self, data: bytes) -> None:
@@ -99,7 +117,7 @@ class Http1Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         midstream = self._responder is not None and not self._closed_by_us
         noticed = self._peer_left_at or time.monotonic()
-        self._state.closes.append(CloseRecord(noticed, midstream, self._number))
+        self._state.record_close(noticed, midstream, self._number)
         self._state.live.discard(self)
         if self._responder is not None:
             self._responder.cancel()
@@ -173,6 +191,7 @@ class Http1Connection(asyncio.Protocol):
             target=self._request.target.decode(),
             headers=list(self._request.headers),
             body=bytes(self._body),
+            http_version=self._request.http_version.decode(),
         )
         self._state.requests.append(recorded)
         request_id = self._state.next_request_id()
@@ -207,13 +226,54 @@ class Http1Connection(asyncio.Protocol):
             self._transport.close()
 
 
+class FirstBytes(asyncio.Protocol):
+    """Hands a new connection to HTTP/2 (ALPN h2, or the h2c preface) or HTTP/1.1."""
+
+    def __init__(self, state: SimState) -> None:
+        self._state = state
+        self._transport: asyncio.Transport | None = None
+        self._buffer = b""
+        self._number = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+        self._state.connections += 1
+        self._number = self._state.connections
+        tls = transport.get_extra_info("ssl_object")
+        if tls is not None:
+            self._hand_over(tls.selected_alpn_protocol() == "h2")
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        if len(self._buffer) < len(H2_PREFACE) and H2_PREFACE.startswith(self._buffer):
+            return  # could still become the HTTP/2 preface
+        self._hand_over(self._buffer.startswith(H2_PREFACE))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._state.record_close(time.monotonic(), False, self._number)
+
+    def _hand_over(self, http2: bool) -> None:
+        assert self._transport is not None
+        protocol: Http1Connection | Http2Connection
+        if http2:
+            protocol = Http2Connection(self._state, self._number)
+        else:
+            protocol = Http1Connection(self._state, self._number)
+        self._transport.set_protocol(protocol)
+        protocol.connection_made(self._transport)
+        if self._buffer:
+            protocol.data_received(self._buffer)
+
+
 async def start(
     state: SimState, host: str, port: int, tls: ssl.SSLContext | None = None
 ) -> asyncio.Server:
-    """Listens on host:port (0: any free port), over TLS when `tls` is given; the caller
-    owns the returned server."""
+    """Listens on host:port (0: any free port), over TLS when `tls` is given (then
+    offering h2 and http/1.1 by ALPN, set on `tls`); the caller owns the server."""
+    if tls is not None:
+        tls.set_alpn_protocols(["h2", "http/1.1"])
     loop = asyncio.get_running_loop()
-    return await loop.create_server(lambda: Http1Connection(state), host, port, ssl=tls)
+    return await loop.create_server(lambda: FirstBytes(state), host, port, ssl=tls)
 
 
 def _listen_address(text: str) -> tuple[str, int]:

@@ -78,6 +78,7 @@ class SimScript:
     bulk_bytes: int = 0  # > 0: text deltas of about this many bytes, sent flat out
     status: int = 200  # otherwise: this status with the API's JSON error body
     headers_delay: float = 0.0  # seconds before the response head
+    drop_before_head: bool = False  # after headers_delay: abort instead of answering
     content_encoding: str | None = None  # "gzip" or "deflate": compress the SSE body
 
     def __post_init__(self) -> None:
@@ -96,8 +97,9 @@ class SimScript:
         if self.stall_mid_frame is not None:
             stall = _pair("stall_mid_frame", self.stall_mid_frame)
             object.__setattr__(self, "stall_mid_frame", stall)
-        if not isinstance(self.end_without_stop, bool):
-            raise ValueError("end_without_stop must be a boolean")
+        for name in ("end_without_stop", "drop_before_head"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a boolean")
         if self.line_ending not in _LINE_ENDINGS:
             raise ValueError(f"line_ending must be one of {_LINE_ENDINGS!r}")
         if not 100 <= self.status <= 599:
@@ -125,8 +127,9 @@ class RecordedRequest:
 
     method: str
     target: str
-    headers: list[tuple[bytes, bytes]]
+    headers: list[tuple[bytes, bytes]]  # HTTP/2: `:authority` first, as host
     body: bytes
+    http_version: str = "1.1"  # "1.1", "1.0" or "2"
 
     def header(self, name: bytes) -> bytes | None:
         return next((value for key, value in self.headers if key == name), None)
@@ -241,7 +244,7 @@ def error_json(status: int, message: str) -> bytes:
 
 
 class Sink(Protocol):
-    """One response on some transport (HTTP/1.1 now, HTTP/2 later)."""
+    """One response on some transport: HTTP/1.1, or one HTTP/2 stream."""
 
     def send_head(self, status: int, headers: list[tuple[str, str]]) -> None: ...
 
@@ -249,8 +252,8 @@ class Sink(Protocol):
         """Sends body bytes as one unit (one chunk, one DATA frame); ignores b""."""
 
     def write_truncated(self, data: bytes) -> None:
-        """Frames `data` as one unit but sends only its first half, then drops the
-        connection: a truncated chunk on HTTP/1.1."""
+        """Frames `data` as one unit but sends only its first half, then aborts: a
+        truncated chunk on HTTP/1.1."""
 
     async def drain(self) -> None:
         """Returns once the transport wants more bytes."""
@@ -258,7 +261,8 @@ class Sink(Protocol):
     def end(self) -> None: ...
 
     def abort(self) -> None:
-        """Drops the connection without ending the body."""
+        """Ends the response without ending the body: drops the connection (HTTP/1.1)
+        or resets the stream (HTTP/2)."""
 
 
 class _Encoder:
@@ -304,6 +308,9 @@ async def play(request: RecordedRequest, default: SimScript, request_id: str, si
         _reply(sink, 400, error_json(400, str(exc)), request_id)
         return
     await asyncio.sleep(script.headers_delay)
+    if script.drop_before_head:
+        sink.abort()
+        return
     if script.status != 200:
         _reply(sink, script.status, error_json(script.status, "Simulated error"), request_id)
         return

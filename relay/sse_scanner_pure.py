@@ -117,7 +117,7 @@ class FrameScanner:
 
     def feed(self, data: bytes) -> None:
         """Account for the next chunk of the stream."""
-        if type(data) is not bytes and type(data) is not bytearray:
+        if not isinstance(data, bytes | bytearray):
             data = bytes(memoryview(data))
         n = len(data)
         i = 0

@@ -13,8 +13,13 @@ from relay.exchange import Headers, ResponseSink
 if TYPE_CHECKING:
     from relay.upstream_pool import UpstreamPool
 
-# Upstream response heads are small; anything larger is a broken upstream.
-_MAX_RESPONSE_HEAD = 256 * 1024
+#: Upstream response heads are small; anything larger is a broken upstream.
+MAX_RESPONSE_HEAD = 256 * 1024
+
+
+def upstream_failure(message: str, *, head_seen: bool) -> RelayError:
+    """How an upstream failure reaches the core: free to retry until a head arrived."""
+    return UpstreamLost(message) if head_seen else UpstreamUnavailable(message)
 
 
 class Http1Upstream(asyncio.Protocol):
@@ -22,7 +27,7 @@ class Http1Upstream(asyncio.Protocol):
 
     def __init__(self, pool: UpstreamPool) -> None:
         self._pool = pool
-        self._h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_RESPONSE_HEAD)
+        self._h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_RESPONSE_HEAD)
         self._transport: asyncio.Transport | None = None
         self._sink: ResponseSink | None = None
         self._head_seen = False
@@ -66,7 +71,8 @@ class Http1Upstream(asyncio.Protocol):
 
     def start(
         self, method: bytes, target: bytes, headers: Headers, has_body: bool, sink: ResponseSink
-    ) -> None:
+    ) -> Http1Upstream:
+        """Send a request head; the connection itself is the exchange."""
         assert self._transport is not None
         self._sink = sink
         self._head_seen = False
@@ -76,6 +82,7 @@ class Http1Upstream(asyncio.Protocol):
             headers = [*headers, (b"transfer-encoding", b"chunked")]
         request = h11.Request(method=method, target=target, headers=headers)
         self._transport.write(self._h11.send(request))
+        return self
 
     def send_body(self, data: bytes) -> None:
         if self._transport is not None and self._h11.our_state is h11.SEND_BODY:
@@ -105,7 +112,7 @@ class Http1Upstream(asyncio.Protocol):
     # -- internals --------------------------------------------------------------------
 
     def _lost(self, message: str) -> RelayError:
-        return UpstreamLost(message) if self._head_seen else UpstreamUnavailable(message)
+        return upstream_failure(message, head_seen=self._head_seen)
 
     def _drain_events(self) -> None:
         conn = self._h11
@@ -140,6 +147,9 @@ class Http1Upstream(asyncio.Protocol):
         conn = self._h11
         if conn.our_state is h11.DONE and conn.their_state is h11.DONE and not self.closed:
             conn.start_next_cycle()
+            # The last chunk may have arrived while the client asked for a pause: the
+            # connection goes back to the pool readable, or its next exchange hangs.
+            self.resume_reading()
             self._pool.release(self)
         elif self._transport is not None:
             self.closed = True

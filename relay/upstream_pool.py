@@ -1,15 +1,24 @@
-"""Connections to one upstream: connect (TLS with SNI, verified), reuse, expire."""
+"""Connections to one upstream: connect (TLS with SNI, verified), reuse, expire.
+
+An HTTP/1.1 connection carries one exchange at a time and waits idle in between. An
+HTTP/2 connection (chosen by ALPN, or forced) carries as many exchanges at once as
+upstream's MAX_CONCURRENT_STREAMS allows; another is opened only when every one is
+full, and requests that arrive while one is being opened wait for it instead of each
+opening their own.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from collections import deque
 
 from relay.config import UpstreamTarget
 from relay.errors import ConnectTimeout, UpstreamCertificateError, UpstreamUnavailable
-from relay.exchange import RequestHead, ResponseSink
+from relay.exchange import RequestHead, ResponseSink, UpstreamExchange
 from relay.headers import upstream_request_headers
+from relay.upstream_h2 import H2Upstream
 from relay.upstream_http1 import Http1Upstream
 
 #: Idle upstream connections are closed after this long, before upstream's own
@@ -17,19 +26,40 @@ from relay.upstream_http1 import Http1Upstream
 IDLE_SECONDS = 30.0
 MAX_IDLE = 256
 
+_ALPN = {"auto": ["h2", "http/1.1"], "h2": ["h2"], "http/1.1": ["http/1.1"]}
 
-def tls_context(verify: bool, ca_file: str | None) -> ssl.SSLContext:
-    """Client TLS for upstream: system trust (or `ca_file`), hostname checked."""
+
+def tls_context(verify: bool, ca_file: str | None, protocol: str = "auto") -> ssl.SSLContext:
+    """Client TLS for upstream: system trust (or `ca_file`), hostname checked, ALPN
+    offering what `protocol` (auto, h2, http/1.1) allows."""
     context = ssl.create_default_context(cafile=ca_file)
     if not verify:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
-    context.set_alpn_protocols(["http/1.1"])
+    context.set_alpn_protocols(_ALPN[protocol])
     return context
 
 
+class _ByAlpn(asyncio.Protocol):
+    """Becomes HTTP/2 or HTTP/1.1 the moment the connection is up, before any byte."""
+
+    def __init__(self, pool: UpstreamPool) -> None:
+        self._pool = pool
+        self.chosen: Http1Upstream | H2Upstream | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        tls = transport.get_extra_info("ssl_object")
+        alpn = tls.selected_alpn_protocol() if tls is not None else None
+        if self._pool.protocol == "h2" or alpn == "h2":
+            self.chosen = H2Upstream(self._pool)
+        else:
+            self.chosen = Http1Upstream(self._pool)
+        transport.set_protocol(self.chosen)
+        self.chosen.connection_made(transport)
+
+
 class UpstreamPool:
-    """Keep-alive HTTP/1.1 connections to one upstream base URL."""
+    """Keep-alive HTTP/1.1 and multiplexed HTTP/2 connections to one upstream base URL."""
 
     def __init__(
         self,
@@ -37,18 +67,26 @@ class UpstreamPool:
         *,
         connect_timeout: float,
         tls: ssl.SSLContext | None,
+        protocol: str = "auto",
     ) -> None:
         self.target = target
         self.url = target.url
+        #: auto (HTTP/2 when TLS's ALPN picks it), h2 (h2c in cleartext) or http/1.1.
+        self.protocol = protocol
         self._connect_timeout = connect_timeout
         self._tls = tls if target.tls else None
         self._idle: deque[tuple[float, Http1Upstream]] = deque()
+        self._multiplexed: list[H2Upstream] = []
+        self._connecting: asyncio.Task[Http1Upstream | H2Upstream] | None = None
+        #: Whether upstream speaks HTTP/2: fixed by `protocol`, else what ALPN said last.
+        self._speaks_h2: bool | None = protocol == "h2" or (
+            None if protocol == "auto" and target.tls else False
+        )
         self._loop = asyncio.get_running_loop()
         self.connections_opened = 0
 
-    async def open(self, head: RequestHead, sink: ResponseSink) -> Http1Upstream:
+    async def open(self, head: RequestHead, sink: ResponseSink) -> UpstreamExchange:
         """Send `head` upstream on a pooled or new connection; responses go to `sink`."""
-        connection = self._take_idle() or await self._connect()
         # Only POST can stream in the Messages API; ask for an uncompressed body so that
         # keepalives can be injected (a compressed SSE body is relayed without them).
         headers = upstream_request_headers(
@@ -58,8 +96,10 @@ class UpstreamPool:
             identity_encoding=head.method == b"POST",
         )
         target = self.target.base_path.encode() + head.target
-        connection.start(head.method, target, headers, head.has_body, sink)
-        return connection
+        while True:
+            connection = self._with_room() or self._take_idle() or await self._new_connection()
+            if connection is not None:
+                return connection.start(head.method, target, headers, head.has_body, sink)
 
     def release(self, connection: Http1Upstream) -> None:
         """A connection finished an exchange cleanly and may carry another."""
@@ -67,8 +107,12 @@ class UpstreamPool:
         while len(self._idle) > MAX_IDLE:
             self._idle.popleft()[1].abort()
 
-    def forget(self, connection: Http1Upstream) -> None:
-        """A connection closed; it must never be handed out again."""
+    def forget(self, connection: Http1Upstream | H2Upstream) -> None:
+        """A connection closed or is draining; it must never be handed out again."""
+        if isinstance(connection, H2Upstream):
+            with contextlib.suppress(ValueError):
+                self._multiplexed.remove(connection)
+            return
         for entry in self._idle:
             if entry[1] is connection:
                 self._idle.remove(entry)
@@ -77,6 +121,18 @@ class UpstreamPool:
     def close(self) -> None:
         while self._idle:
             self._idle.popleft()[1].abort()
+        for connection in list(self._multiplexed):
+            connection.close()
+
+    def _with_room(self) -> H2Upstream | None:
+        now = self._loop.time()
+        for connection in list(self._multiplexed):
+            idle_since = connection.idle_since
+            if idle_since is not None and now - idle_since > IDLE_SECONDS:
+                connection.close()
+            elif connection.has_room:
+                return connection
+        return None
 
     def _take_idle(self) -> Http1Upstream | None:
         now = self._loop.time()
@@ -90,19 +146,28 @@ class UpstreamPool:
             return connection
         return None
 
-    async def _connect(self) -> Http1Upstream:
-        target = self.target
+    async def _new_connection(self) -> Http1Upstream | None:
+        """A new HTTP/1.1 connection for this request; or None once an HTTP/2 one is
+        up (this request's or another's), to look for room again."""
+        if self._speaks_h2 is False:
+            connection = await self._connect()
+        elif self._connecting is not None:
+            await self._connecting
+            return None
+        else:
+            self._connecting = self._loop.create_task(self._shared_connect())
+            connection = await self._connecting
+        return connection if isinstance(connection, Http1Upstream) else None
+
+    async def _shared_connect(self) -> Http1Upstream | H2Upstream:
         try:
-            _, protocol = await asyncio.wait_for(
-                self._loop.create_connection(
-                    lambda: Http1Upstream(self),
-                    target.host,
-                    target.port,
-                    ssl=self._tls,
-                    server_hostname=target.host if self._tls else None,
-                ),
-                self._connect_timeout,
-            )
+            return await self._connect()
+        finally:
+            self._connecting = None
+
+    async def _connect(self) -> Http1Upstream | H2Upstream:
+        try:
+            connection = await asyncio.wait_for(self._handshake(), self._connect_timeout)
         except TimeoutError:
             raise ConnectTimeout(
                 f"connecting to upstream {self.url} timed out after {self._connect_timeout:g} s"
@@ -121,4 +186,27 @@ class UpstreamPool:
                 f"cannot connect to upstream {self.url}: {exc.strerror or exc}"
             ) from None
         self.connections_opened += 1
-        return protocol
+        self._speaks_h2 = isinstance(connection, H2Upstream)
+        if isinstance(connection, H2Upstream):
+            self._multiplexed.append(connection)
+        return connection
+
+    async def _handshake(self) -> Http1Upstream | H2Upstream:
+        target = self.target
+        _, chooser = await self._loop.create_connection(
+            lambda: _ByAlpn(self),
+            target.host,
+            target.port,
+            ssl=self._tls,
+            server_hostname=target.host if self._tls else None,
+        )
+        connection = chooser.chosen
+        assert connection is not None
+        if isinstance(connection, H2Upstream):
+            # Upstream's SETTINGS say how many streams it takes: wait for them.
+            try:
+                await connection.settled
+            except asyncio.CancelledError:  # the connect timeout: no half-made connection
+                connection.close()
+                raise
+        return connection

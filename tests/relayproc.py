@@ -15,6 +15,7 @@ from pathlib import Path
 
 _READY = re.compile(rb"listening on http://[^:]+:(\d+)")
 _TLS_READY = re.compile(rb"https://[^:]+:(\d+)")
+_H3_READY = re.compile(rb"h3://[^:]+:(\d+)")
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -27,11 +28,10 @@ class RelayProcess:
         *extra: str,
         keepalive: float = 0.1,
         env: dict[str, str] | None = None,
+        command: Sequence[str] = (sys.executable, "-m", "relay"),
     ) -> None:
         args = [
-            sys.executable,
-            "-m",
-            "relay",
+            *command,
             "--listen",
             "127.0.0.1:0",
             "--upstream",
@@ -57,6 +57,9 @@ class RelayProcess:
         tls = _TLS_READY.search(self.ready_line)
         #: The TLS listener (HTTP/2 or HTTP/1.1 by ALPN), when one was asked for.
         self.tls_url = f"https://localhost:{tls.group(1).decode()}" if tls else ""
+        h3 = _H3_READY.search(self.ready_line)
+        #: The HTTP/3 (QUIC, UDP) port, when --http3 was given; else 0.
+        self.h3_port = int(h3.group(1)) if h3 else 0
 
     def _read_ready_line(self, timeout: float = 20.0) -> bytes:
         assert self.proc.stdout is not None

@@ -16,16 +16,23 @@ from relay.sim_script import RecordedRequest, SimScript
 class SimServer:
     """The sim on 127.0.0.1 (a free port) in a daemon thread, on its own event loop.
 
-    The loop is uvloop when installed, as for `python -m relay.sim`. With `ssl` (a server
-    context) it speaks HTTP/1.1 over TLS; `url` still says http://, so build https URLs.
+    The loop is uvloop when installed, as for `python -m relay.sim`. It speaks HTTP/1.1,
+    and HTTP/2 to clients that open with its preface (h2c). With `ssl` (a server context)
+    it speaks TLS only, offering h2 and http/1.1 by ALPN; `url` still says http://, so
+    build https URLs. Each HTTP/2 connection advertises `h2_max_streams` concurrent streams.
 
     `script` is the default for every request (an `x-sim-script` header still overrides
     fields); it can be reassigned while running. `requests`, `closes` and `connections`
     are live views of what the server has seen.
     """
 
-    def __init__(self, script: SimScript | None = None, ssl: SSLContext | None = None) -> None:
-        self._state = SimState(script=script or SimScript())
+    def __init__(
+        self,
+        script: SimScript | None = None,
+        ssl: SSLContext | None = None,
+        h2_max_streams: int = 100,
+    ) -> None:
+        self._state = SimState(script=script or SimScript(), h2_max_streams=h2_max_streams)
         self._tls = ssl
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
@@ -71,6 +78,16 @@ class SimServer:
         if self._thread.is_alive() and self._loop and self._stopping:
             self._loop.call_soon_threadsafe(self._stopping.set)
             self._thread.join(timeout=10)
+
+    def goaway_all(self) -> None:
+        """GOAWAY on every HTTP/2 connection, naming the last stream whose response has
+        begun: those run to their end, later ones are refused (REFUSED_STREAM), and each
+        connection closes with its last stream. Returns once the frames are sent."""
+        assert self._loop is not None
+        asyncio.run_coroutine_threadsafe(self._goaway_all(), self._loop).result(timeout=5)
+
+    async def _goaway_all(self) -> None:
+        self._state.goaway_all()
 
     def wait_for(self, predicate: Callable[[], object], timeout: float = 5.0) -> None:
         """Polls `predicate` until it is true; TimeoutError after `timeout` s."""

@@ -22,7 +22,7 @@ def test_defaults() -> None:
     assert config.upstreams[0].url == "https://api.anthropic.com"
     assert config.upstreams[0].authority == b"api.anthropic.com"
     assert config.keepalive_interval == 15.0 and config.keepalive_frame == "comment"
-    assert config.tls_verify
+    assert config.tls_verify and config.upstream_protocol == "auto"
 
 
 def test_flag_beats_environment_beats_default() -> None:
@@ -32,6 +32,13 @@ def test_flag_beats_environment_beats_default() -> None:
     target = config.upstreams[0]
     assert (target.host, target.port, target.base_path, target.tls) == ("up", 81, "/base", False)
     assert target.authority == b"up:81"
+
+
+def test_upstream_protocol_from_flag_or_environment() -> None:
+    assert _load(["--upstream-protocol", "http/1.1"]).upstream_protocol == "http/1.1"
+    env = {"SSE_RELAY_UPSTREAM_PROTOCOL": "h2"}
+    assert _load([], env).upstream_protocol == "h2"
+    assert _load(["--upstream-protocol", "auto"], env).upstream_protocol == "auto"
 
 
 @pytest.mark.parametrize(
@@ -44,6 +51,8 @@ def test_flag_beats_environment_beats_default() -> None:
         (["--listen", "nohost"], {}, "--listen"),
         (["--keepalive-frame", "emoji"], {}, "--keepalive-frame"),
         ([], {"SSE_RELAY_TLS_VERIFY": "maybe"}, "SSE_RELAY_TLS_VERIFY"),
+        (["--upstream-protocol", "h3"], {}, "--upstream-protocol"),
+        ([], {"SSE_RELAY_UPSTREAM_PROTOCOL": "HTTP/2"}, "SSE_RELAY_UPSTREAM_PROTOCOL"),
     ],
 )
 def test_bad_values_name_the_setting(argv: list[str], env: dict[str, str], named: str) -> None:

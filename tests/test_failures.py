@@ -169,6 +169,11 @@ class CutsOffAfterLastEvent:
                     )
                     for frame in self._frames:
                         conn.sendall(b"%x\r\n%s\r\n" % (len(frame), frame))
+                    # FIN, then read until the relay hangs up: closing with unread
+                    # request bytes would be a reset, which may destroy the last frame.
+                    conn.shutdown(socket.SHUT_WR)
+                    while conn.recv(65536):
+                        pass
 
     def close(self) -> None:
         self._server.close()

@@ -19,6 +19,7 @@ from tests.clients import (
     KEEPALIVE,
     MESSAGE_PARAMS,
     PING,
+    raw_http,
     raw_stream,
     script,
     sdk_stream,
@@ -313,3 +314,12 @@ def test_relay_takes_the_whole_open_file_hard_limit(sim: SimServer) -> None:
         limits = Path(f"/proc/{relay.proc.pid}/limits").read_text()
     line = next(line for line in limits.splitlines() if line.startswith("Max open files"))
     assert line.split()[3:5] == [str(hard), str(hard)]
+
+
+def test_absolute_form_target_reaches_upstream_as_its_path(
+    sim: SimServer, relay: RelayProcess
+) -> None:
+    request = b"GET http://api.example/v1/models?beta=true HTTP/1.1\r\nhost: api.example\r\n"
+    answer = raw_http(relay.port, request + b"connection: close\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 ")
+    assert sim.requests[-1].target == "/v1/models?beta=true"

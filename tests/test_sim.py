@@ -22,6 +22,7 @@ import pytest
 
 from relay.sim import CloseRecord
 from relay.sim_script import SimScript
+from tests.h2client import RawH2Client
 from tests.simserver import SimServer
 
 PARAMS: dict[str, Any] = {
@@ -352,6 +353,34 @@ def test_client_leaving_midstream_is_recorded_at_once(sim: SimServer) -> None:
     left_at = time.monotonic()
     closed = _close_of(sim, connection)
     assert closed.client_aborted_midstream and closed.time - left_at < 0.1
+
+
+def test_h2c_plays_the_same_scripts_and_records_a_reset_stream() -> None:
+    # GOAWAY is tested through the relay: `h2` clients stop reading at a GOAWAY.
+    with SimServer(h2_max_streams=7) as sim:
+        client = RawH2Client(sim.port)
+        try:
+            plain = client.stream({"gaps": [[2, 0.05]]})
+            cut = client.stream({"gaps": [[2, 30]]})
+            dropped = client.stream({"drop_after": 3})
+            client.pump_until(
+                lambda: {plain, dropped} <= client.ended and client.data[cut].count(b"\n\n") > 2
+            )
+            left_at = time.monotonic()
+            client.reset(cut)
+            sim.wait_for(lambda: sim.closes)
+        finally:
+            client.close()
+        direct = _raw(sim, headers=_script(gaps=[[2, 0.05]])).body
+        reset = sim.closes[0]
+    assert client.conn.remote_settings.max_concurrent_streams == 7
+    assert bytes(client.data[plain]) == direct
+    assert client.reset_codes[dropped] == 2 and client.data[dropped].count(b"\n\n") == 3
+    assert reset.reset_code == 0 and reset.client_aborted_midstream  # what the client sent
+    assert reset.time - left_at < 0.1
+    first = sim.requests[0]
+    assert first.http_version == "2" and first.body == STREAM_BODY
+    assert first.headers[0] == (b"host", b"relay")  # from :authority
 
 
 def test_pipelined_requests_are_answered_in_order(sim: SimServer) -> None:

@@ -1,0 +1,55 @@
+"""`h2`'s connection as the relay's HTTP/2 endpoints use it.
+
+Two things `h2` leaves to its user, done once: streams outlive a GOAWAY, as RFC 9113
+section 6.8 allows (`h2` moves the whole connection to CLOSED on sending or receiving
+one and then refuses every frame, python-hyper/h2#1181), and queued DATA goes out as
+far as a stream's flow-control window allows.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from h2.config import H2Configuration
+from h2.connection import (
+    ConnectionInputs,
+    ConnectionState,
+    H2Connection,
+    H2ConnectionStateMachine,
+)
+
+_OPEN = (ConnectionState.CLIENT_OPEN, ConnectionState.SERVER_OPEN)
+_GOAWAY = (ConnectionInputs.SEND_GOAWAY, ConnectionInputs.RECV_GOAWAY)
+_GRACEFUL_TRANSITIONS = {
+    **H2ConnectionStateMachine._transitions,
+    **{(state, goaway): (None, state) for state in _OPEN for goaway in _GOAWAY},
+}
+
+
+class GracefulH2Connection(H2Connection):
+    """An `H2Connection` whose open streams keep working after a GOAWAY either way.
+
+    Whoever holds it stops opening (or accepting) new streams itself.
+    """
+
+    def __init__(self, config: H2Configuration) -> None:
+        super().__init__(config)
+        self.state_machine._transitions = _GRACEFUL_TRANSITIONS
+
+    def clear_outbound_data_buffer(self) -> None:
+        # h2 drops unsent frames on receiving GOAWAY; on a connection that stays up,
+        # WINDOW_UPDATEs and RST_STREAMs already queued must still go out.
+        return
+
+    def send_queued(self, stream_id: int, queue: deque[bytes]) -> None:
+        """Send DATA from `queue` as far as the stream's window allows; the rest stays."""
+        while queue:
+            size = min(self.local_flow_control_window(stream_id), self.max_outbound_frame_size)
+            if size <= 0:
+                return
+            data = queue[0]
+            if len(data) > size:
+                self.send_data(stream_id, data[:size])
+                queue[0] = data[size:]
+            else:
+                self.send_data(stream_id, queue.popleft())
