@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Builds the single-file executable: CPython, the relay with its compiled scanner, and
+# every dependency in one file that unpacks itself at start (PyInstaller one-file).
+# Usage: scripts/build-dist.sh [OUTDIR]   (default dist/; needs the venv from make install)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out="${1:-dist}"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+python="${PYTHON:-.venv/bin/python}"
+"$python" -c 'import relay._fastsse' # fail loudly: the binary must carry the scanner
+"$python" -m PyInstaller --onefile --noconfirm --log-level WARN --name sse-relay \
+  --paths . --collect-submodules relay --collect-submodules uvloop \
+  --distpath "$out" --workpath "$work/build" --specpath "$work" relay/__main__.py
+echo "built $out/sse-relay"

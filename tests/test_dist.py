@@ -1,0 +1,42 @@
+"""The single-file executable (`make dist`): built once, then used like the binary it is."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.clients import raw_stream, script
+from tests.relayproc import REPO, RelayProcess
+from tests.simserver import SimServer
+
+
+@pytest.fixture(scope="module")
+def executable(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    out = tmp_path_factory.mktemp("dist")
+    subprocess.run(
+        [str(REPO / "scripts" / "build-dist.sh"), str(out)],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    yield out / "sse-relay"
+
+
+def test_executable_reports_the_cython_scanner(executable: Path) -> None:
+    version = subprocess.run(
+        [str(executable), "--version"], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert version.stdout.strip().endswith("(scanner: cython)")
+
+
+def test_executable_relays_a_stream_with_keepalives(executable: Path, sim: SimServer) -> None:
+    gap = script(gaps=[[3, 0.5]])
+    with RelayProcess(sim.url, keepalive=0.1, command=[str(executable)]) as relay:
+        assert b"scanner=cython" in relay.ready_line
+        status, _, relayed = raw_stream(relay.url, headers=gap)
+    direct = raw_stream(sim.url, headers=gap)[2]
+    assert status == 200 and relayed.count(b": keepalive\n\n") >= 3
+    assert relayed.replace(b": keepalive\n\n", b"") == direct
