@@ -46,6 +46,7 @@ class RelayConfig:
     keepalive_frame: str = "comment"
     connect_timeout: float = 10.0
     read_timeout: float = 600.0
+    send_timeout: float = 120.0
     tls_verify: bool = True
     upstream_ca: str | None = None
     upstream_protocol: str = "auto"
@@ -174,6 +175,12 @@ SETTINGS: tuple[_Setting, ...] = (
         "fail a response after this much upstream silence (600)",
         "SECONDS",
     ),
+    _Setting(
+        "client-send-timeout",
+        _positive_seconds,
+        "drop a client that takes no bytes for this long while some wait for it (120)",
+        "SECONDS",
+    ),
     _Setting("tls-verify", _boolean, "verify upstream TLS certificates (true)", "true|false"),
     _Setting("upstream-ca", str, "CA bundle to verify upstream with (system store)", "PATH"),
     _Setting(
@@ -235,6 +242,7 @@ _FIELDS = {
     "keepalive-frame": "keepalive_frame",
     "connect-timeout": "connect_timeout",
     "upstream-read-timeout": "read_timeout",
+    "client-send-timeout": "send_timeout",
     "tls-verify": "tls_verify",
     "upstream-ca": "upstream_ca",
     "upstream-protocol": "upstream_protocol",

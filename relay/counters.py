@@ -12,6 +12,8 @@ class Counters:
     streams_total: int = 0
     keepalives: int = 0
     client_aborts: int = 0
+    #: Clients dropped for taking no bytes for --client-send-timeout.
+    client_stalls: int = 0
     upstream_errors: int = 0
     read_timeouts: int = 0
     retries: int = 0

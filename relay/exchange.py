@@ -73,6 +73,8 @@ class StreamSettings:
     keepalive_interval: float
     keepalive_frame: bytes
     read_timeout: float
+    #: A client that takes nothing for this long while bytes wait for it is dropped.
+    send_timeout: float
     max_body_bytes: int
     retry: RetryPolicy
     body_policy: BodyPolicy

@@ -38,6 +38,7 @@ class RelayContext:
             keepalive_interval=config.keepalive_interval,
             keepalive_frame=FRAMES[config.keepalive_frame],
             read_timeout=config.read_timeout,
+            send_timeout=config.send_timeout,
             max_body_bytes=config.max_body_bytes,
             retry=RetryPolicy(
                 attempts=config.retry_attempts,

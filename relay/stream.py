@@ -52,6 +52,7 @@ class RelayStream:
         "_body_size",
         "_client",
         "_client_paused",
+        "_client_paused_at",
         "_clock",
         "_counters",
         "_dropped_params",
@@ -100,6 +101,7 @@ class RelayStream:
         self._head_sent = False
         self._finished = False
         self._client_paused = False
+        self._client_paused_at = 0.0
         self._scanner: FrameScanner | None = None
         self._clock: KeepaliveClock | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -177,6 +179,8 @@ class RelayStream:
 
     def on_client_paused(self) -> None:
         """The client's send buffer is over its high-water mark: stop reading upstream."""
+        if not self._client_paused:
+            self._client_paused_at = self._loop.time()
         self._client_paused = True
         if self._upstream is not None:
             self._upstream.pause_reading()
@@ -394,7 +398,11 @@ class RelayStream:
         now = self._loop.time()
         interval = self._settings.keepalive_interval
         if self._client_paused:
-            self._timer = self._loop.call_at(now + interval, self._on_timer)
+            stalled_until = self._client_paused_at + self._settings.send_timeout
+            if now >= stalled_until:
+                self._drop_stalled_client()
+            else:
+                self._timer = self._loop.call_at(min(now + interval, stalled_until), self._on_timer)
             return
         deadline = self._last_byte + self._settings.read_timeout
         if now >= deadline:
@@ -413,6 +421,19 @@ class RelayStream:
                 self._client.send_body(self._settings.keepalive_frame)
             next_check = min(next_check, decision.next_check)
         self._timer = self._loop.call_at(next_check, self._on_timer)
+
+    def _drop_stalled_client(self) -> None:
+        """Like nginx's send_timeout: a client that takes nothing holds a stream slot and
+        an upstream connection for nobody, so both go."""
+        log.warning(
+            "dropped %s %s: the client took no bytes for %g s",
+            *self._describe(),
+            self._settings.send_timeout,
+        )
+        self._counters.client_stalls += 1
+        self._finish()
+        self._abort_upstream()
+        self._client.abort()
 
     def _lost(self, reason: str) -> UpstreamLost:
         """The error a started stream ends with; the message says how far it got."""

@@ -202,14 +202,9 @@ def test_slow_client_keeps_relay_memory_bounded(sim: SimServer) -> None:
     total = 50 * 1024 * 1024
     with RelayProcess(sim.url, keepalive=KA) as relay:
         baseline = relay.rss_kib()
-        request = (
-            b"POST /v1/messages HTTP/1.1\r\nhost: relay\r\ncontent-type: application/json\r\n"
-            b"x-sim-script: " + json.dumps({"bulk_bytes": total}).encode() + b"\r\n"
-            b"content-length: %d\r\n\r\n" % len(json.dumps({**MESSAGE_PARAMS, "stream": True}))
-        ) + json.dumps({**MESSAGE_PARAMS, "stream": True}).encode()
         sock = socket.create_connection(("127.0.0.1", relay.port))
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-        sock.sendall(request)
+        sock.sendall(_bulk_request(total))
         sock.recv(4096)
         time.sleep(1.0)  # the client stops reading; upstream wants to send 50 MB
         stalled = relay.rss_kib()
@@ -226,6 +221,31 @@ def test_slow_client_keeps_relay_memory_bounded(sim: SimServer) -> None:
     assert received > total
     assert stalled - baseline < 16 * 1024, (baseline, stalled)
     assert peak - baseline < 32 * 1024, (baseline, peak)
+
+
+def _bulk_request(total: int) -> bytes:
+    body = json.dumps({**MESSAGE_PARAMS, "stream": True}).encode()
+    return (
+        b"POST /v1/messages HTTP/1.1\r\nhost: relay\r\ncontent-type: application/json\r\n"
+        b"x-sim-script: " + json.dumps({"bulk_bytes": total}).encode() + b"\r\n"
+        b"content-length: %d\r\n\r\n" % len(body)
+    ) + body
+
+
+def test_client_that_takes_nothing_is_dropped_after_the_send_timeout(sim: SimServer) -> None:
+    with RelayProcess(sim.url, "--client-send-timeout", "0.5", keepalive=KA) as relay:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        sock.connect(("127.0.0.1", relay.port))
+        with sock:
+            closes_before = len(sim.closes)
+            sock.sendall(_bulk_request(50 * 1024 * 1024))
+            sock.recv(4096)  # then never again: upstream wants to send 50 MB
+            sim.wait_for(
+                lambda: any(c.client_aborted_midstream for c in sim.closes[closes_before:]),
+                timeout=15,
+            )
+        assert b"the client took no bytes for 0.5 s" in relay.stderr_text
 
 
 def test_client_disconnect_closes_upstream_at_once(sim: SimServer, relay: RelayProcess) -> None:
