@@ -23,6 +23,7 @@ from h2.errors import ErrorCodes
 
 from relay.errors import HeadersTooLarge
 from relay.exchange import Headers, RequestHead
+from relay.headers import split_request_fields
 from relay.relay_context import RelayContext
 from relay.stream import RelayStream
 
@@ -262,23 +263,7 @@ class H2Server(asyncio.Protocol):
         if self._draining or len(self._streams) >= self._max_streams:
             self.reset(stream_id, ErrorCodes.REFUSED_STREAM)
             return
-        method = target = b""
-        headers: Headers = []
-        cookies: list[bytes] = []
-        size = 0
-        for name, value in event.headers or ():
-            name, value = bytes(name), bytes(value)
-            size += len(name) + len(value) + 32  # RFC 9113 6.5.2 accounting
-            if name == b":method":
-                method = value
-            elif name == b":path":
-                target = value
-            elif name == b"cookie":
-                cookies.append(value)  # HTTP/2 splits cookies; HTTP/1.1 wants one line
-            elif not name.startswith(b":"):
-                headers.append((name, value))
-        if cookies:
-            headers.append((b"cookie", b"; ".join(cookies)))
+        method, target, headers, size = split_request_fields(event.headers or ())
         stream = H2ClientStream(self, stream_id)
         self._streams[stream_id] = stream
         relay = self._context.new_stream(

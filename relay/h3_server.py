@@ -37,6 +37,7 @@ from aioquic.quic.stream import QuicStreamSender
 from relay.config import RelayConfig
 from relay.errors import HeadersTooLarge
 from relay.exchange import Headers, RequestHead
+from relay.headers import split_request_fields
 from relay.quic_listener import QuicListener, QuicSession
 from relay.relay_context import RelayContext
 from relay.stream import RelayStream
@@ -290,22 +291,7 @@ class H3Server:
                 stream_id, ErrorCode.H3_REQUEST_REJECTED, reading=not event.stream_ended
             )
             return
-        method = target = b""
-        headers: Headers = []
-        cookies: list[bytes] = []
-        size = 0
-        for name, value in event.headers:
-            size += len(name) + len(value) + 32  # RFC 9114 4.2.2 accounting
-            if name == b":method":
-                method = value
-            elif name == b":path":
-                target = value
-            elif name == b"cookie":
-                cookies.append(value)  # HTTP/3 splits cookies; HTTP/1.1 wants one line
-            elif not name.startswith(b":"):
-                headers.append((name, value))
-        if cookies:
-            headers.append((b"cookie", b"; ".join(cookies)))
+        method, target, headers, size = split_request_fields(event.headers)
         # The QUIC stream exists: the client's HEADERS arrived on it (see _unacked).
         sender = self.quic._streams[stream_id].sender
         stream = H3ClientStream(self, stream_id, sender)

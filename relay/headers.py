@@ -78,6 +78,34 @@ def upstream_request_headers(
     return out
 
 
+def split_request_fields(
+    fields: Iterable[tuple[bytes, bytes]],
+) -> tuple[bytes, bytes, Headers, int]:
+    """An HTTP/2 or HTTP/3 request's fields as (method, target, headers, size).
+
+    Pseudo-headers are taken out; cookies, which those versions split into one field
+    per cookie, are joined into the one line HTTP/1.1 wants; size counts 32 bytes of
+    overhead per field, as SETTINGS_MAX_HEADER_LIST_SIZE does (RFC 9113 6.5.2).
+    """
+    method = target = b""
+    headers: Headers = []
+    cookies: list[bytes] = []
+    size = 0
+    for name, value in fields:
+        size += len(name) + len(value) + 32
+        if name == b":method":
+            method = value
+        elif name == b":path":
+            target = value
+        elif name == b"cookie":
+            cookies.append(value)
+        elif not name.startswith(b":"):
+            headers.append((name, value))
+    if cookies:
+        headers.append((b"cookie", b"; ".join(cookies)))
+    return method, target, headers, size
+
+
 def header_value(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
     """The first value of a (lower-case) header, or None."""
     for key, value in headers:

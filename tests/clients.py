@@ -76,3 +76,12 @@ def single_error_frame(data: bytes) -> dict[str, Any]:
     assert data.endswith(b"\n\n") and ERROR_FRAME.search(data[data.rfind(b"event: error") :])
     error: dict[str, Any] = json.loads(frames[0])
     return error
+
+
+def closed_port() -> int:
+    """A local port nothing listens on (it was free a moment ago)."""
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port: int = probe.getsockname()[1]
+    probe.close()
+    return port

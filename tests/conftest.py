@@ -1,10 +1,12 @@
-"""Fixtures shared by the test modules: a simulated upstream per module."""
+"""Fixtures shared by the test modules: a simulated upstream, test certificates."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+import trustme
 
 from tests.simserver import SimServer
 
@@ -14,3 +16,34 @@ def sim() -> Iterator[SimServer]:
     """The simulated Messages API on 127.0.0.1, fresh for each test module."""
     with SimServer() as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    """A throwaway certificate authority; its certificates name `localhost`."""
+    return trustme.CA()
+
+
+@pytest.fixture(scope="module")
+def ca_file(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The CA certificate as a PEM file, for clients and `--upstream-ca`."""
+    path = tmp_path_factory.mktemp("ca") / "ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def relay_tls_args(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """Relay flags for a TLS listener on a free port with a `localhost` certificate."""
+    folder = tmp_path_factory.mktemp("tls")
+    cert = ca.issue_cert("localhost")
+    cert.cert_chain_pems[0].write_to_path(str(folder / "cert.pem"))
+    cert.private_key_pem.write_to_path(str(folder / "key.pem"))
+    return [
+        "--tls-listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        str(folder / "cert.pem"),
+        "--tls-key",
+        str(folder / "key.pem"),
+    ]

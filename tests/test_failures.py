@@ -20,6 +20,7 @@ from relay.sim_script import SimScript
 from tests.clients import (
     KEEPALIVE,
     MESSAGE_PARAMS,
+    closed_port,
     raw_http,
     raw_stream,
     script,
@@ -37,14 +38,6 @@ _FRAME = re.compile(rb"event: [^\n]*\ndata: [^\n]*\n\n")
 def relay(sim: SimServer) -> Iterator[RelayProcess]:
     with RelayProcess(sim.url, "--upstream-read-timeout", "0.6", keepalive=KA) as proc:
         yield proc
-
-
-def _closed_port() -> int:
-    probe = socket.socket()
-    probe.bind(("127.0.0.1", 0))
-    port: int = probe.getsockname()[1]
-    probe.close()
-    return port
 
 
 class AcceptAndClose:
@@ -71,7 +64,7 @@ class AcceptAndClose:
 
 
 def test_dead_upstream_gets_api_error_and_sdk_retries_by_itself() -> None:
-    with RelayProcess(f"http://127.0.0.1:{_closed_port()}", keepalive=KA) as relay:
+    with RelayProcess(f"http://127.0.0.1:{closed_port()}", keepalive=KA) as relay:
         client = anthropic.Anthropic(base_url=relay.url, api_key="sk-test", max_retries=2)
         with pytest.raises(anthropic.APIStatusError) as caught:
             client.messages.create(**MESSAGE_PARAMS, stream=True)
@@ -86,7 +79,7 @@ def test_dead_upstream_gets_api_error_and_sdk_retries_by_itself() -> None:
 @pytest.mark.parametrize("first", ["refused", "closed-before-head"])
 def test_transparent_retry_hides_a_failure_before_any_byte(sim: SimServer, first: str) -> None:
     broken = AcceptAndClose() if first == "closed-before-head" else None
-    port = broken.port if broken else _closed_port()
+    port = broken.port if broken else closed_port()
     try:
         with RelayProcess(f"http://127.0.0.1:{port}", "--upstream", sim.url) as relay:
             _, direct_final = sdk_stream(sim.url)

@@ -15,7 +15,6 @@ from pathlib import Path
 import anthropic
 import httpx2
 import pytest
-import trustme
 from h2.errors import ErrorCodes
 
 from relay.sim import CloseRecord
@@ -36,29 +35,9 @@ BODY = json.dumps({**MESSAGE_PARAMS, "stream": True}).encode()
 
 
 @pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture(scope="module")
-def relay(
-    sim: SimServer, ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RelayProcess]:
-    folder = tmp_path_factory.mktemp("tls")
-    cert = ca.issue_cert("localhost")
-    cert.cert_chain_pems[0].write_to_path(str(folder / "cert.pem"))
-    cert.private_key_pem.write_to_path(str(folder / "key.pem"))
-    tls = ["--tls-listen", "127.0.0.1:0", "--tls-cert", str(folder / "cert.pem")]
-    tls += ["--tls-key", str(folder / "key.pem")]
-    with RelayProcess(sim.url, *tls, keepalive=KA) as proc:
+def relay(sim: SimServer, relay_tls_args: list[str]) -> Iterator[RelayProcess]:
+    with RelayProcess(sim.url, *relay_tls_args, keepalive=KA) as proc:
         yield proc
-
-
-@pytest.fixture(scope="module")
-def ca_file(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("ca") / "ca.pem"
-    ca.cert_pem.write_to_path(str(path))
-    return path
 
 
 def _h2_raw(client: httpx2.Client, url: str, headers: dict[str, str]) -> tuple[str, bytes]:

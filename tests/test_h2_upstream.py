@@ -21,6 +21,7 @@ from relay.sim import CloseRecord
 from tests.clients import (
     KEEPALIVE,
     MESSAGE_PARAMS,
+    closed_port,
     raw_stream,
     script,
     sdk_stream,
@@ -36,32 +37,12 @@ H2 = ("--upstream-protocol", "h2")
 
 
 @pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture(scope="module")
-def ca_file(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("ca") / "ca.pem"
-    ca.cert_pem.write_to_path(str(path))
-    return path
-
-
-@pytest.fixture(scope="module")
 def tls_sim(ca: trustme.CA) -> Iterator[SimServer]:
     """The sim over TLS, offering h2 and http/1.1 by ALPN."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("localhost").configure_cert(context)
     with SimServer(ssl=context) as server:
         yield server
-
-
-def _closed_port() -> int:
-    probe = socket.socket()
-    probe.bind(("127.0.0.1", 0))
-    port: int = probe.getsockname()[1]
-    probe.close()
-    return port
 
 
 async def _until(predicate: Callable[[], object], timeout: float = 10.0) -> None:
@@ -256,7 +237,7 @@ def test_client_cancel_resets_only_its_upstream_stream(client: str) -> None:
 def test_failures_before_the_head_are_retried_then_a_retryable_502(
     sim: SimServer, protocol: str, failure: str
 ) -> None:
-    upstream = f"http://127.0.0.1:{_closed_port()}" if failure == "refused" else sim.url
+    upstream = f"http://127.0.0.1:{closed_port()}" if failure == "refused" else sim.url
     before = len(sim.requests)
     with RelayProcess(upstream, "--upstream-protocol", protocol) as relay:
         status, headers, body = raw_stream(relay.url, headers=script(drop_before_head=True))

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import httpx2
 import pytest
-import trustme
 from aioquic.h3.connection import ErrorCode
 from aioquic.tls import SessionTicket
 
@@ -34,33 +33,15 @@ KA = 0.1
 SIGNATURE_FRAME = re.compile(rb"event: content_block_delta\ndata: [^\n]*signature_delta[^\n]*\n\n")
 
 
-@pytest.fixture(scope="module")
-def tls_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    ca = trustme.CA()
-    folder = tmp_path_factory.mktemp("tls")
-    cert = ca.issue_cert("localhost")
-    cert.cert_chain_pems[0].write_to_path(str(folder / "cert.pem"))
-    cert.private_key_pem.write_to_path(str(folder / "key.pem"))
-    ca.cert_pem.write_to_path(str(folder / "ca.pem"))
-    return {"cert": folder / "cert.pem", "key": folder / "key.pem", "ca": folder / "ca.pem"}
-
-
-def _h3_args(tls_files: dict[str, Path]) -> list[str]:
-    return [
-        "--tls-listen",
-        "127.0.0.1:0",
-        "--tls-cert",
-        str(tls_files["cert"]),
-        "--tls-key",
-        str(tls_files["key"]),
-        "--http3",
-    ]
+def _h3_args(relay_tls_args: list[str]) -> list[str]:
+    return [*relay_tls_args, "--http3"]
 
 
 @pytest.fixture(scope="module")
-def relay(sim: SimServer, tls_files: dict[str, Path]) -> Iterator[RelayProcess]:
+def relay(sim: SimServer, relay_tls_args: list[str]) -> Iterator[RelayProcess]:
     # One try per request, so a relay-made 502 comes at once.
-    with RelayProcess(sim.url, *_h3_args(tls_files), "--retry-attempts", "1", keepalive=KA) as proc:
+    args = [*_h3_args(relay_tls_args), "--retry-attempts", "1"]
+    with RelayProcess(sim.url, *args, keepalive=KA) as proc:
         assert proc.h3_port, proc.ready_line
         yield proc
 
@@ -77,14 +58,14 @@ def _direct(sim: SimServer, fields: dict[str, object]) -> bytes:
 
 
 def test_aioquic_gets_the_same_bytes_keepalives_and_signature(
-    sim: SimServer, relay: RelayProcess, tls_files: dict[str, Path]
+    sim: SimServer, relay: RelayProcess, relay_tls_args: list[str], ca_file: Path
 ) -> None:
     fields: dict[str, object] = {"gaps": [[3, 6 * KA]]}
     direct = _direct(sim, fields)
     http1 = raw_stream(relay.url, headers=script(**fields))[2]
 
     async def run() -> tuple[int, bytes]:
-        async with h3_connect(relay.h3_port, str(tls_files["ca"])) as client:
+        async with h3_connect(relay.h3_port, str(ca_file)) as client:
             stream = client.request(fields)
             await client.wait_until(lambda: stream in client.ended)
             return client.status[stream], bytes(client.data[stream])
@@ -98,7 +79,7 @@ def test_aioquic_gets_the_same_bytes_keepalives_and_signature(
 
 
 def test_50_concurrent_streams_on_one_connection(
-    sim: SimServer, relay: RelayProcess, tls_files: dict[str, Path]
+    sim: SimServer, relay: RelayProcess, relay_tls_args: list[str], ca_file: Path
 ) -> None:
     variants: list[dict[str, object]] = [
         {"gaps": [[2 + i, 0.1 * i]], "text_deltas": 1 + i} for i in range(5)
@@ -106,7 +87,7 @@ def test_50_concurrent_streams_on_one_connection(
     direct = [_direct(sim, fields) for fields in variants]
 
     async def run() -> tuple[H3Client, list[int]]:
-        async with h3_connect(relay.h3_port, str(tls_files["ca"])) as client:
+        async with h3_connect(relay.h3_port, str(ca_file)) as client:
             streams = [client.request(variants[i % 5]) for i in range(50)]
             await client.wait_until(lambda: set(streams) <= client.ended)
             return client, streams
@@ -121,10 +102,10 @@ def test_50_concurrent_streams_on_one_connection(
 
 
 def test_a_cancelled_stream_cancels_only_its_upstream_request(
-    sim: SimServer, relay: RelayProcess, tls_files: dict[str, Path]
+    sim: SimServer, relay: RelayProcess, relay_tls_args: list[str], ca_file: Path
 ) -> None:
     async def run() -> tuple[H3Client, list[int], float, int]:
-        async with h3_connect(relay.h3_port, str(tls_files["ca"])) as client:
+        async with h3_connect(relay.h3_port, str(ca_file)) as client:
             keep = [client.request({"gaps": [[2, 0.6]]}) for _ in range(3)]
             victim = client.request({"gaps": [[2, 30]]})
             await client.wait_until(lambda: client.data[victim].count(b"\n\n") >= 3)
@@ -168,7 +149,7 @@ def _garbage(rng: random.Random) -> bytes:
 
 
 def test_udp_garbage_during_a_stream_harms_nothing(
-    sim: SimServer, relay: RelayProcess, tls_files: dict[str, Path]
+    sim: SimServer, relay: RelayProcess, relay_tls_args: list[str], ca_file: Path
 ) -> None:
     fields: dict[str, object] = {"gaps": [[3, 0.5]]}
     direct = _direct(sim, fields)
@@ -178,7 +159,7 @@ def test_udp_garbage_during_a_stream_harms_nothing(
         loop = asyncio.get_running_loop()
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             sock.setblocking(False)
-            async with h3_connect(relay.h3_port, str(tls_files["ca"])) as client:
+            async with h3_connect(relay.h3_port, str(ca_file)) as client:
                 stream = client.request(fields)
                 await client.wait_until(lambda: client.data[stream].count(b"\n\n") >= 2)
                 for i in range(2000):
@@ -194,7 +175,7 @@ def test_udp_garbage_during_a_stream_harms_nothing(
     assert b"Traceback" not in relay.stderr_text
 
     async def again() -> bytes:
-        async with h3_connect(relay.h3_port, str(tls_files["ca"])) as client:
+        async with h3_connect(relay.h3_port, str(ca_file)) as client:
             stream = client.request()
             await client.wait_until(lambda: stream in client.ended)
             return bytes(client.data[stream])
@@ -208,8 +189,8 @@ def _load_config(argv: list[str], env: dict[str, str] | None = None) -> RelayCon
     return load(parser.parse_args(argv), env or {})
 
 
-def test_http3_settings(tls_files: dict[str, Path]) -> None:
-    tls = _h3_args(tls_files)[:-1]
+def test_http3_settings(relay_tls_args: list[str], ca_file: Path) -> None:
+    tls = _h3_args(relay_tls_args)[:-1]
     assert not _load_config(tls).http3
     assert _load_config([*tls, "--http3"]).http3
     on = _load_config(tls, {"SSE_RELAY_HTTP3": "true", "SSE_RELAY_QUIC_IDLE_TIMEOUT": "90"})
@@ -235,9 +216,9 @@ class _CountingTransport(asyncio.DatagramTransport):
 
 
 def test_garbage_is_dropped_or_answered_and_leaves_no_connection(
-    tls_files: dict[str, Path],
+    relay_tls_args: list[str], ca_file: Path,
 ) -> None:
-    config = _load_config(_h3_args(tls_files))
+    config = _load_config(_h3_args(relay_tls_args))
     counters = Counters()
     made: list[QuicSession] = []
 
@@ -292,13 +273,13 @@ def test_alt_svc_only_when_http3_is_on(sim: SimServer, relay: RelayProcess) -> N
 
 
 def test_oversize_headers_get_431_on_their_stream_only(
-    sim: SimServer, tls_files: dict[str, Path]
+    sim: SimServer, relay_tls_args: list[str], ca_file: Path
 ) -> None:
-    args = [*_h3_args(tls_files), "--max-header-bytes", "4096"]
+    args = [*_h3_args(relay_tls_args), "--max-header-bytes", "4096"]
     with RelayProcess(sim.url, *args, keepalive=KA) as relay:
 
         async def run() -> tuple[H3Client, int, int]:
-            async with h3_connect(relay.h3_port, str(tls_files["ca"])) as client:
+            async with h3_connect(relay.h3_port, str(ca_file)) as client:
                 big = client.request(extra_headers=[(b"x-big", b"a" * 8000)])
                 fine = client.request()
                 await client.wait_until(lambda: {big, fine} <= client.ended)
@@ -311,10 +292,10 @@ def test_oversize_headers_get_431_on_their_stream_only(
 
 
 def test_a_header_block_far_past_the_limit_is_refused_unread(
-    sim: SimServer, relay: RelayProcess, tls_files: dict[str, Path]
+    sim: SimServer, relay: RelayProcess, relay_tls_args: list[str], ca_file: Path
 ) -> None:
     async def run() -> tuple[H3Client, int, int]:
-        async with h3_connect(relay.h3_port, str(tls_files["ca"])) as client:
+        async with h3_connect(relay.h3_port, str(ca_file)) as client:
             # Random hex barely compresses: a header block of about 2 MiB.
             fields = [(b"x-h%d" % i, os.urandom(8000).hex().encode()) for i in range(200)]
             huge = client.request(extra_headers=fields)
@@ -328,14 +309,14 @@ def test_a_header_block_far_past_the_limit_is_refused_unread(
 
 
 def test_0rtt_resumes_with_a_ticket_once(
-    sim: SimServer, relay: RelayProcess, tls_files: dict[str, Path]
+    sim: SimServer, relay: RelayProcess, relay_tls_args: list[str], ca_file: Path
 ) -> None:
     tickets: list[SessionTicket] = []
 
     async def fetch(ticket: SessionTicket | None) -> H3Client:
         async with h3_connect(
             relay.h3_port,
-            str(tls_files["ca"]),
+            str(ca_file),
             session_ticket=ticket,
             on_ticket=tickets.append,
             wait_connected=ticket is None,
@@ -356,12 +337,12 @@ def test_0rtt_resumes_with_a_ticket_once(
 
 
 def test_a_client_that_moves_to_another_port_keeps_its_stream(
-    sim: SimServer, relay: RelayProcess, tls_files: dict[str, Path]
+    sim: SimServer, relay: RelayProcess, relay_tls_args: list[str], ca_file: Path
 ) -> None:
     fields: dict[str, object] = {"gaps": [[3, 0.5]]}
 
     async def run() -> bytes:
-        async with h3_connect(relay.h3_port, str(tls_files["ca"])) as client:
+        async with h3_connect(relay.h3_port, str(ca_file)) as client:
             stream = client.request(fields)
             await client.wait_until(lambda: client.data[stream].count(b"\n\n") >= 4)
             await client.migrate()
@@ -372,14 +353,14 @@ def test_a_client_that_moves_to_another_port_keeps_its_stream(
 
 
 def test_drain_lets_live_streams_finish_rejects_new_ones_then_closes(
-    sim: SimServer, tls_files: dict[str, Path]
+    sim: SimServer, relay_tls_args: list[str], ca_file: Path
 ) -> None:
     fields: dict[str, object] = {"gaps": [[2, 1.0]]}
-    args = [*_h3_args(tls_files), "--drain-timeout", "5"]
+    args = [*_h3_args(relay_tls_args), "--drain-timeout", "5"]
     with RelayProcess(sim.url, *args, keepalive=KA) as relay:
 
         async def run() -> tuple[H3Client, int, int]:
-            async with h3_connect(relay.h3_port, str(tls_files["ca"])) as client:
+            async with h3_connect(relay.h3_port, str(ca_file)) as client:
                 live = client.request(fields)
                 await client.wait_until(lambda: client.data[live].count(b"\n\n") >= 2)
                 relay.proc.send_signal(signal.SIGTERM)

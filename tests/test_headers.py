@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from relay.headers import end_to_end, upstream_request_headers
+from relay.headers import end_to_end, split_request_fields, upstream_request_headers
 
 
 def test_hop_by_hop_and_connection_named_headers_are_dropped() -> None:
@@ -49,3 +49,18 @@ def test_accept_encoding_is_kept_for_requests_that_cannot_stream() -> None:
         identity_encoding=False,
     )
     assert out == [(b"host", b"u"), (b"accept-encoding", b"gzip")]
+
+
+def test_h2_h3_fields_lose_pseudo_headers_and_rejoin_cookies() -> None:
+    fields = [
+        (b":method", b"POST"),
+        (b":path", b"/v1/messages?beta=true"),
+        (b":authority", b"relay"),
+        (b"cookie", b"a=1"),
+        (b"x-api-key", b"sk"),
+        (b"cookie", b"b=2"),
+    ]
+    method, target, headers, size = split_request_fields(fields)
+    assert (method, target) == (b"POST", b"/v1/messages?beta=true")
+    assert headers == [(b"x-api-key", b"sk"), (b"cookie", b"a=1; b=2")]
+    assert size == sum(len(n) + len(v) + 32 for n, v in fields)

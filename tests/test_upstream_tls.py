@@ -16,11 +16,6 @@ from tests.simserver import SimServer
 
 
 @pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture(scope="module")
 def server_names() -> list[str | None]:
     return []
 
@@ -32,13 +27,6 @@ def tls_sim(ca: trustme.CA, server_names: list[str | None]) -> Iterator[SimServe
     context.sni_callback = lambda _sock, name, _ctx: server_names.append(name)  # type: ignore[assignment,misc,return-value]
     with SimServer(ssl=context) as server:
         yield server
-
-
-@pytest.fixture(scope="module")
-def ca_file(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("ca") / "ca.pem"
-    ca.cert_pem.write_to_path(str(path))
-    return path
 
 
 def test_https_upstream_is_verified_and_gets_sni(
