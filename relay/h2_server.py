@@ -77,8 +77,6 @@ class H2ClientStream:
         block += [(k, v) for k, v in headers if k not in _CONNECTION_SPECIFIC]
         alt_svc = self._owner._context.alt_svc
         if alt_svc is not None:
-            # Ours replaces upstream's, which speaks of upstream's origin.
-            block = [(k, v) for k, v in block if k != b"alt-svc"]
             block.append((b"alt-svc", alt_svc))
         self._owner.conn.send_headers(self.id, block)
         self._owner.schedule_flush()

@@ -50,9 +50,8 @@ WRITE_LOW = 64 * 1024
 # --max-header-bytes the stream gets a 431; this far past it (aioquic would buffer an
 # endless HEADERS frame) the stream is refused with H3_EXCESSIVE_LOAD, unread.
 HEADERS_CEILING = 1 << 20
-# Response fields not forwarded: those that make an HTTP/3 message malformed (RFC 9114
-# 4.2), and upstream's Alt-Svc, which speaks of upstream's origin, not the relay's.
-_NOT_FORWARDED = CONNECTION_SPECIFIC_HEADERS | {b"alt-svc"}
+# Response fields that make an HTTP/3 message malformed (RFC 9114 4.2).
+_NOT_FORWARDED = CONNECTION_SPECIFIC_HEADERS
 _DATA_FRAME = encode_uint_var(FrameType.DATA)
 
 

@@ -47,6 +47,12 @@ def end_to_end(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
     ]
 
 
+def relayed_response_headers(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
+    """Upstream's response headers as clients get them: end to end, and without Alt-Svc,
+    which names upstream's alternative services, not the relay's."""
+    return [(name, value) for name, value in end_to_end(headers) if name != b"alt-svc"]
+
+
 def upstream_request_headers(
     headers: Iterable[tuple[bytes, bytes]],
     *,

@@ -257,9 +257,7 @@ class Http1Server(asyncio.Protocol):
         if self._context.draining:
             headers = [*headers, (b"connection", b"close")]
         if self._context.alt_svc is not None:
-            # Ours replaces upstream's, which speaks of upstream's origin.
-            headers = [(k, v) for k, v in headers if k != b"alt-svc"]
-            headers.append((b"alt-svc", self._context.alt_svc))
+            headers = [*headers, (b"alt-svc", self._context.alt_svc)]
         self._chunked = chunked
         response = h11.Response(
             status_code=status, headers=headers, reason=_REASONS.get(status, b"")

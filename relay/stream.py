@@ -32,7 +32,7 @@ from relay.exchange import (
     StreamSettings,
     UpstreamExchange,
 )
-from relay.headers import end_to_end, header_value
+from relay.headers import header_value, relayed_response_headers
 from relay.keepalive import KeepaliveClock
 from relay.retry import retry_after
 from relay.sse_endings import ended_by_upstream, ending_frames, needs_truncation_error
@@ -210,7 +210,7 @@ class RelayStream:
         self._head_sent = True
         self._body = None
         content_type = header_value(headers, b"content-type") or b""
-        headers = end_to_end(headers)
+        headers = relayed_response_headers(headers)
         if content_type.lower().startswith(b"text/event-stream"):
             encoding = header_value(headers, b"content-encoding")
             if encoding is None or encoding.lower() == b"identity":

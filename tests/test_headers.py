@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from relay.headers import end_to_end, split_request_fields, upstream_request_headers
+from relay.headers import (
+    end_to_end,
+    relayed_response_headers,
+    split_request_fields,
+    upstream_request_headers,
+)
 
 
 def test_hop_by_hop_and_connection_named_headers_are_dropped() -> None:
@@ -64,3 +69,8 @@ def test_h2_h3_fields_lose_pseudo_headers_and_rejoin_cookies() -> None:
     assert (method, target) == (b"POST", b"/v1/messages?beta=true")
     assert headers == [(b"x-api-key", b"sk"), (b"cookie", b"a=1; b=2")]
     assert size == sum(len(n) + len(v) + 32 for n, v in fields)
+
+
+def test_upstreams_alt_svc_never_reaches_clients() -> None:
+    upstream = [(b"content-type", b"text/event-stream"), (b"alt-svc", b'h3=":443"')]
+    assert relayed_response_headers(upstream) == [(b"content-type", b"text/event-stream")]
