@@ -32,9 +32,12 @@ from tests.simserver import SimServer
 KA = 0.1
 
 
-@pytest.fixture(scope="module")
-def relay(sim: SimServer) -> Iterator[RelayProcess]:
-    with RelayProcess(sim.url, keepalive=KA) as proc:
+@pytest.fixture(scope="module", params=["cython", "python"])
+def relay(sim: SimServer, request: pytest.FixtureRequest) -> Iterator[RelayProcess]:
+    """The relay with each SSE scanner: end to end, the twins must be indistinguishable."""
+    env = {"SSE_RELAY_NO_EXTENSIONS": "1"} if request.param == "python" else {}
+    with RelayProcess(sim.url, keepalive=KA, env=env) as proc:
+        assert f"scanner={request.param}".encode() in proc.ready_line
         yield proc
 
 
