@@ -100,10 +100,13 @@ def test_other_line_endings_relay_identically(
 def test_stall_mid_frame_defers_keepalive_until_the_frame_ends(
     sim: SimServer, relay: RelayProcess
 ) -> None:
-    stall = script(stall_mid_frame=[3, 6 * KA])
+    # A stall inside frame 4, then an ordinary gap after frame 6: the keepalive schedule
+    # must sit out the stall and then resume.
+    stall = script(stall_mid_frame=[3, 6 * KA], gaps=[[6, 6 * KA]])
     _, _, direct = raw_stream(sim.url, headers=stall)
     _, _, relayed = raw_stream(relay.url, headers=stall)
     assert without_keepalives(relayed) == direct
+    assert relayed.count(KEEPALIVE) >= 3
     for at in (i for i in range(len(relayed)) if relayed.startswith(KEEPALIVE, i)):
         assert at == 0 or relayed[:at].endswith(b"\n\n")
     assert sdk_stream(relay.url, stall)[0] == sdk_stream(sim.url, stall)[0]
