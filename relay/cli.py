@@ -1,4 +1,5 @@
-"""`sse-relay`: run the relay (default), or `sse-relay sim` for the simulated upstream."""
+"""`sse-relay`: run the relay (default), `sse-relay check-config` to validate and show the
+configuration, or `sse-relay sim` for the simulated upstream."""
 
 from __future__ import annotations
 
@@ -9,13 +10,15 @@ from collections.abc import Sequence
 from relay import __version__
 from relay.config import ConfigError, add_arguments, load
 from relay.sse_scanner import IMPLEMENTATION
+from relay.worker import worker_id_from_env
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sse-relay",
         description="Byte-exact SSE relay for LLM APIs, with keepalives during upstream "
-        "silence. `sse-relay sim --help` runs a simulated Messages API upstream.",
+        "silence. `sse-relay check-config [flags]` prints the effective configuration; "
+        "`sse-relay sim --help` runs a simulated Messages API upstream.",
     )
     parser.add_argument(
         "--version",
@@ -32,16 +35,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         from relay import sim
 
         return sim.main(args_list[1:])
+    if args_list[:1] == ["check-config"]:
+        from relay import check_config
+
+        return check_config.main(args_list[1:])
     args = _parser().parse_args(args_list)
     try:
         config = load(args)
+        worker_id = worker_id_from_env()
     except ConfigError as exc:
         print(f"sse-relay: error: {exc}", file=sys.stderr)
         return 2
+    if worker_id is None and config.workers > 1:
+        from relay.supervisor import supervise
+
+        return supervise(config, args_list)
 
     import uvloop
 
     from relay.server import serve
 
-    uvloop.run(serve(config))
+    uvloop.run(serve(config, worker_id))
     return 0

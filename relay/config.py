@@ -1,7 +1,8 @@
-"""Settings: CLI flags over `SSE_RELAY_*` environment variables over defaults.
+"""Settings: CLI flags over `SSE_RELAY_*` environment variables over a TOML config
+file (`--config`, see `relay.config_file`) over defaults.
 
 Spellings are stable (operators script them). A bad value raises `ConfigError`
-naming the setting; the CLI turns that into exit code 2.
+naming the setting (and where it was given); the CLI turns that into exit code 2.
 """
 
 from __future__ import annotations
@@ -9,9 +10,11 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
+
+from relay.config_file import ConfigFile, ConfigFileError, RawValue, read_config_file
 
 
 class ConfigError(ValueError):
@@ -33,6 +36,15 @@ class UpstreamTarget:
         default = 443 if self.tls else 80
         host = f"[{self.host}]" if ":" in self.host else self.host
         return (host if self.port == default else f"{host}:{self.port}").encode()
+
+
+@dataclass(frozen=True, slots=True)
+class RouteConfig:
+    """Requests whose path starts with `prefix` get these settings (longest prefix wins)."""
+
+    prefix: str
+    keepalive_interval: float
+    upstreams: tuple[UpstreamTarget, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +78,10 @@ class RelayConfig:
     tls_key: str | None = None
     http3: bool = False
     quic_idle_timeout: float = 60.0
+    workers: int = 1
+    #: The admin listener (/metrics, /healthz, /readyz); None when turned off.
+    admin_listen: tuple[str, int] | None = ("127.0.0.1", 9901)
+    routes: tuple[RouteConfig, ...] = ()
 
 
 def parse_upstream(value: str) -> UpstreamTarget:
@@ -98,6 +114,19 @@ def _positive_int(value: str) -> int:
     if number <= 0:
         raise ValueError(f"expected a positive whole number, got {value!r}")
     return number
+
+
+def _admin_listen(value: str) -> tuple[str, int] | None:
+    return None if value == "off" else parse_listen(value)
+
+
+def _workers(value: str) -> int:
+    if value == "auto":
+        return os.cpu_count() or 1
+    try:
+        return _positive_int(value)
+    except ValueError:
+        raise ValueError(f"expected a positive whole number or auto, got {value!r}") from None
 
 
 def _retry_status(value: str) -> int:
@@ -235,6 +264,18 @@ SETTINGS: tuple[_Setting, ...] = (
         "on SIGTERM, time streams get to finish (30)",
         "SECONDS",
     ),
+    _Setting(
+        "workers",
+        _workers,
+        "worker processes sharing the listeners (SO_REUSEPORT); auto: one per core (1)",
+        "N|auto",
+    ),
+    _Setting(
+        "admin-listen",
+        _admin_listen,
+        "admin listener for /metrics, /healthz, /readyz, or off (127.0.0.1:9901)",
+        "HOST:PORT|off",
+    ),
 )
 
 _FIELDS = {
@@ -258,13 +299,25 @@ _FIELDS = {
     "tls-key": "tls_key",
     "http3": "http3",
     "quic-idle-timeout": "quic_idle_timeout",
+    "workers": "workers",
+    "admin-listen": "admin_listen",
 }
 
+#: What a `[[route]]` table may set; what it leaves out comes from the top level.
+ROUTE_KEYS = ("prefix", "keepalive-interval", "upstream")
+
 DEFAULT_UPSTREAM = "https://api.anthropic.com"
+#: Names the config file, as --config does (not a setting: the file cannot name itself).
+CONFIG_ENV = "SSE_RELAY_CONFIG"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare every setting as a flag; values stay raw strings until `load`."""
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        help=f"TOML config file; the environment and flags override it; env {CONFIG_ENV}",
+    )
     for setting in SETTINGS:
         if setting.switch:
             parser.add_argument(
@@ -282,25 +335,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class ResolvedConfig:
+    """A validated config and where each of its values came from (`check-config`)."""
+
+    config: RelayConfig
+    #: Setting name -> "default", "file PATH", "env NAME" or "flag --name"; a route's
+    #: settings as "route[N].name" -> "file PATH" or "inherited" (from the top level).
+    sources: Mapping[str, str]
+
+
 def load(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> RelayConfig:
-    """Resolve flag > environment > default for every setting and validate it."""
+    """Resolve flag > environment > config file > default for every setting; validate."""
+    return resolve(args, environ).config
+
+
+def resolve(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> ResolvedConfig:
+    """`load`, also telling where each value came from."""
+    path: str | None = getattr(args, "config", None) or environ.get(CONFIG_ENV) or None
+    file = _read_file(path) if path else None
     values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
     for setting in SETTINGS:
-        raw: str | list[str] | None = getattr(args, setting.flag.replace("-", "_"))
-        source = f"--{setting.flag}"
+        raw: RawValue | None = getattr(args, setting.flag.replace("-", "_"))
+        label = f"--{setting.flag}"
+        source = f"flag {label}"
         if raw is None and setting.env in environ:
-            raw, source = environ[setting.env], setting.env
+            raw, label, source = environ[setting.env], setting.env, f"env {setting.env}"
             if setting.repeat:
                 raw = [item.strip() for item in raw.split(",") if item.strip()]
+        if raw is None and file is not None and setting.flag in file.settings:
+            raw, label = file.settings[setting.flag], f"{file.path}: {setting.flag}"
+            source = f"file {file.path}"
         if raw is None:
+            sources[setting.flag] = "default"
             continue
-        try:
-            if isinstance(raw, list):
-                values[setting.flag] = tuple(setting.parse(item) for item in raw)
-            else:
-                values[setting.flag] = setting.parse(raw)
-        except ValueError as exc:
-            raise ConfigError(f"{source}: {exc}") from None
+        values[setting.flag] = _parse(setting, raw, label)
+        sources[setting.flag] = source
     kwargs: dict[str, Any] = {_FIELDS[k]: v for k, v in values.items() if k in _FIELDS}
     if "listen" in values:
         kwargs["listen_host"], kwargs["listen_port"] = values["listen"]
@@ -312,6 +383,8 @@ def load(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> R
     kwargs["retry_statuses"] = frozenset(values.get("retry-on-status", ()))
     kwargs["deny_params"] = frozenset(values.get("deny-param", ()))
     config = RelayConfig(**kwargs)
+    if file is not None and file.routes:
+        config = replace(config, routes=_routes(file, config, sources))
     if config.http3 and config.tls_cert is None:
         raise ConfigError("--http3 needs --tls-cert and --tls-key (QUIC is always TLS)")
     if config.http3 and config.quic_idle_timeout <= config.keepalive_interval:
@@ -319,4 +392,66 @@ def load(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> R
             "--quic-idle-timeout must be longer than --keepalive-interval, so that "
             "keepalives keep HTTP/3 connections open"
         )
-    return config
+    for index, route in enumerate(config.routes, 1):
+        if config.http3 and config.quic_idle_timeout <= route.keepalive_interval:
+            raise ConfigError(
+                f"route[{index}].keepalive-interval: must be shorter than "
+                "--quic-idle-timeout, so that keepalives keep HTTP/3 connections open"
+            )
+    return ResolvedConfig(config, sources)
+
+
+def _read_file(path: str) -> ConfigFile:
+    try:
+        return read_config_file(
+            path, keys=[setting.flag for setting in SETTINGS] + ["route"], route_keys=ROUTE_KEYS
+        )
+    except ConfigFileError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _parse(setting: _Setting, raw: RawValue, label: str) -> Any:
+    """One setting's raw value(s) through its parser; a repeatable one gives a tuple."""
+    try:
+        if setting.repeat:
+            return tuple(setting.parse(item) for item in ([raw] if isinstance(raw, str) else raw))
+        if isinstance(raw, list):
+            raise ValueError("expected one value, got a list")
+        return setting.parse(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{label}: {exc}") from None
+
+
+def _routes(
+    file: ConfigFile, config: RelayConfig, sources: dict[str, str]
+) -> tuple[RouteConfig, ...]:
+    """The file's `[[route]]` tables; what a route leaves out it takes from the top level."""
+    parsers = {setting.flag: setting for setting in SETTINGS}
+    routes: list[RouteConfig] = []
+    first_with: dict[str, int] = {}
+    for index, table in enumerate(file.routes, 1):
+        name = f"route[{index}]"
+        where = f"{file.path}: {name}"
+        prefix = table.get("prefix")
+        if prefix is None:
+            raise ConfigError(f"{where}.prefix: missing (every [[route]] needs one)")
+        if not isinstance(prefix, str) or not prefix.startswith("/"):
+            raise ConfigError(f"{where}.prefix: expected a path starting with /, got {prefix!r}")
+        if prefix in first_with:
+            raise ConfigError(f"{where}.prefix: {prefix!r} is route[{first_with[prefix]}]'s too")
+        first_with[prefix] = index
+        interval, upstreams = config.keepalive_interval, config.upstreams
+        if "keepalive-interval" in table:
+            interval = _parse(
+                parsers["keepalive-interval"],
+                table["keepalive-interval"],
+                f"{where}.keepalive-interval",
+            )
+        if "upstream" in table:
+            upstreams = _parse(parsers["upstream"], table["upstream"], f"{where}.upstream")
+            if not upstreams:
+                raise ConfigError(f"{where}.upstream: expected at least one URL")
+        for key in ROUTE_KEYS:
+            sources[f"{name}.{key}"] = f"file {file.path}" if key in table else "inherited"
+        routes.append(RouteConfig(prefix, interval, upstreams))
+    return tuple(routes)

@@ -23,6 +23,8 @@ class RelayError(Exception):
     transparent_retry: bool = False
     #: Seconds for a `retry-after` header, when the answer should carry one.
     retry_after: int | None = None
+    #: What went wrong, as the `kind` label of sse_relay_upstream_errors_total.
+    kind: str = "lost"
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -37,6 +39,7 @@ class UpstreamUnavailable(RelayError):
 
     status = 502
     transparent_retry = True
+    kind = "unavailable"
 
 
 class UpstreamCertificateError(UpstreamUnavailable):
@@ -44,6 +47,7 @@ class UpstreamCertificateError(UpstreamUnavailable):
 
     retryable = False
     transparent_retry = False
+    kind = "certificate"
 
 
 class UpstreamTimeout(RelayError):
@@ -51,12 +55,14 @@ class UpstreamTimeout(RelayError):
 
     status = 504
     error_type = "timeout_error"
+    kind = "read_timeout"
 
 
 class ConnectTimeout(UpstreamTimeout):
     """Upstream did not accept a connection in time: nothing was sent, so retry is free."""
 
     transparent_retry = True
+    kind = "connect_timeout"
 
 
 class UpstreamLost(RelayError):

@@ -28,6 +28,8 @@ class RequestHead:
     client_ip: str | None
     #: A request body follows the head (its length may be unknown: chunked, HTTP/2).
     has_body: bool = False
+    #: The client's HTTP version ("1.0", "1.1", "2", "3"), for metrics and the log.
+    http_version: str = "1.1"
 
 
 class ClientSide(Protocol):

@@ -267,7 +267,12 @@ class H2Server(asyncio.Protocol):
         relay = self._context.new_stream(
             stream,
             RequestHead(
-                method, target, headers, self._client_ip, has_body=event.stream_ended is None
+                method,
+                target,
+                headers,
+                self._client_ip,
+                has_body=event.stream_ended is None,
+                http_version="2",
             ),
         )
         stream.relay = relay

@@ -65,8 +65,10 @@ def quic_configuration(config: RelayConfig) -> QuicConfiguration:
     return configuration
 
 
-async def serve_h3(context: RelayContext, host: str, port: int) -> QuicListener:
-    """Listen for HTTP/3 on UDP `host`:`port`."""
+async def serve_h3(
+    context: RelayContext, host: str, port: int, *, reuse_port: bool = False
+) -> QuicListener:
+    """Listen for HTTP/3 on UDP `host`:`port` (shared with other workers: `reuse_port`)."""
     # aioquic logs every handshake at INFO; its warnings (peers breaking QUIC) stay.
     logging.getLogger("quic").setLevel(logging.WARNING)
     loop = asyncio.get_running_loop()
@@ -74,9 +76,10 @@ async def serve_h3(context: RelayContext, host: str, port: int) -> QuicListener:
         lambda: QuicListener(
             quic_configuration(context.config),
             lambda session: H3Server(context, session),
-            context.counters,
+            context.metrics,
         ),
         local_addr=(host, port),
+        reuse_port=reuse_port,
     )
     return listener
 
@@ -298,7 +301,9 @@ class H3Server:
         self.streams[stream_id] = stream
         peer = self.quic.get_peer_address()
         client_ip = peer[0] if isinstance(peer, tuple) else None
-        head = RequestHead(method, target, headers, client_ip, has_body=not event.stream_ended)
+        head = RequestHead(
+            method, target, headers, client_ip, has_body=not event.stream_ended, http_version="3"
+        )
         relay = stream.relay = self._context.new_stream(stream, head)
         if size > self._context.config.max_header_bytes:
             relay.refuse(HeadersTooLarge("request header fields too large"))

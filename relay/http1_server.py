@@ -13,6 +13,7 @@ from typing import cast
 
 import h11
 
+from relay.access_log import redact_text
 from relay.errors import (
     BadRequest,
     HeadersTooLarge,
@@ -150,7 +151,14 @@ class Http1Server(asyncio.Protocol):
             length is not None and length != b"0"
         )
         target = _origin_form(request.target)
-        head = RequestHead(request.method, target, headers, self._client_ip, has_body)
+        head = RequestHead(
+            request.method,
+            target,
+            headers,
+            self._client_ip,
+            has_body,
+            http_version=request.http_version.decode(),
+        )
         self._stream = self._context.new_stream(self, head)
         self._context.start(self._stream)
 
@@ -174,7 +182,7 @@ class Http1Server(asyncio.Protocol):
             f"request head not received within {self._context.config.header_timeout:g} s"
         )
         log.warning("refused connection from %s: %s", self._client_ip, error.message)
-        self._context.counters.refused += 1
+        self._context.metrics.refused(error.status)
         self._write_refusal(error)
 
     def _refuse(self, exc: h11.RemoteProtocolError) -> None:
@@ -182,10 +190,11 @@ class Http1Server(asyncio.Protocol):
         error = (
             HeadersTooLarge("request header fields too large")
             if exc.error_status_hint == 431
-            else BadRequest(f"malformed HTTP/1.1 request: {exc}")
+            # h11 quotes the offending line, which may carry the client's credentials.
+            else BadRequest(f"malformed HTTP/1.1 request: {redact_text(str(exc))}")
         )
         log.warning("refused connection from %s: %d %s", self._client_ip, error.status, exc)
-        self._context.counters.refused += 1
+        self._context.metrics.refused(error.status)
         stream, self._stream = self._stream, None
         if stream is not None:
             stream.on_client_gone()

@@ -35,7 +35,7 @@ from aioquic.quic.packet import (
 )
 from aioquic.tls import SessionTicket
 
-from relay.counters import Counters
+from relay.metrics import RelayMetrics
 
 log = logging.getLogger("sse_relay")
 
@@ -166,11 +166,11 @@ class QuicListener(asyncio.DatagramProtocol):
         self,
         configuration: QuicConfiguration,
         new_handler: Callable[[QuicSession], QuicHandler],
-        counters: Counters,
+        metrics: RelayMetrics,
     ) -> None:
         self._configuration = configuration
         self._new_handler = new_handler
-        self._counters = counters
+        self._metrics = metrics
         self._sessions: dict[bytes, QuicSession] = {}
         self._tickets = SessionTicketStore()
         self.transport: asyncio.DatagramTransport | None = None
@@ -262,5 +262,5 @@ class QuicListener(asyncio.DatagramProtocol):
             self.transport.close()
 
     def _drop(self, why: str, addr: NetworkAddress) -> None:
-        self._counters.quic_dropped += 1
+        self._metrics.quic_dropped()
         log.debug("dropped a UDP datagram from %s: %s", addr, why)

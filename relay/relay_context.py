@@ -1,13 +1,13 @@
-"""What every protocol adapter shares: settings, counters, live streams, upstreams."""
+"""What every protocol adapter shares: settings, metrics, live streams, upstreams."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 from relay.body_policy import BodyPolicy
-from relay.config import RelayConfig
-from relay.counters import Counters
+from relay.config import RelayConfig, UpstreamTarget
 from relay.errors import Overloaded
 from relay.exchange import (
     ClientSide,
@@ -17,9 +17,20 @@ from relay.exchange import (
     UpstreamExchange,
 )
 from relay.keepalive import FRAMES
+from relay.metrics import RelayMetrics
 from relay.retry import RetryPolicy
+from relay.routes import RouteTable
 from relay.stream import RelayStream
 from relay.upstream_pool import UpstreamPool, tls_context
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """What a request gets by its path (`[[route]]` in the config file, else the top level)."""
+
+    settings: StreamSettings
+    #: Tried in order, one per attempt, round robin.
+    pools: tuple[UpstreamPool, ...]
 
 
 class RelayContext:
@@ -27,7 +38,7 @@ class RelayContext:
 
     def __init__(self, config: RelayConfig) -> None:
         self.config = config
-        self.counters = Counters()
+        self.metrics = RelayMetrics()
         self.active: set[RelayStream] = set()
         self.draining = False
         #: Called when a drain starts (HTTP/2 connections send GOAWAY).
@@ -49,14 +60,37 @@ class RelayContext:
         )
         protocol = config.upstream_protocol
         tls = tls_context(config.tls_verify, config.upstream_ca, protocol)
-        self.pools = [
-            UpstreamPool(target, connect_timeout=config.connect_timeout, tls=tls, protocol=protocol)
-            for target in config.upstreams
-        ]
+        # One pool per upstream URL, shared by every route that names it.
+        by_url: dict[str, UpstreamPool] = {}
+
+        def pools(targets: tuple[UpstreamTarget, ...]) -> tuple[UpstreamPool, ...]:
+            for target in targets:
+                if target.url not in by_url:
+                    by_url[target.url] = UpstreamPool(
+                        target, connect_timeout=config.connect_timeout, tls=tls, protocol=protocol
+                    )
+            return tuple(by_url[target.url] for target in targets)
+
+        #: Longest path prefix first; one lookup when a stream opens, one per upstream try.
+        self.routes = RouteTable(
+            Route(self.settings, pools(config.upstreams)),
+            [
+                (
+                    route.prefix.encode(),
+                    Route(
+                        replace(self.settings, keepalive_interval=route.keepalive_interval),
+                        pools(route.upstreams),
+                    ),
+                )
+                for route in config.routes
+            ],
+        )
+        self.pools = list(by_url.values())
 
     def new_stream(self, client: ClientSide, head: RequestHead) -> RelayStream:
         """A stream for the adapter to keep; `start` it once the adapter holds it."""
-        return RelayStream(client, head, self.settings, self.counters, self.active)
+        settings = self.routes.match(head.target).settings
+        return RelayStream(client, head, settings, self.metrics, self.active)
 
     def start(self, stream: RelayStream) -> None:
         """Relay the stream, or refuse it at once (draining, over the stream limit)."""
@@ -72,8 +106,9 @@ class RelayContext:
     async def _open_upstream(
         self, head: RequestHead, sink: ResponseSink, attempt: int
     ) -> UpstreamExchange:
-        # Retries move on to the next configured upstream, round robin.
-        return await self.pools[attempt % len(self.pools)].open(head, sink)
+        # Retries move on to the route's next upstream, round robin.
+        pools = self.routes.match(head.target).pools
+        return await pools[attempt % len(pools)].open(head, sink)
 
     async def drain(self, timeout: float) -> None:
         """Let live streams finish for up to `timeout` s, then end the rest cleanly."""

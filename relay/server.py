@@ -7,15 +7,17 @@ import logging
 import resource
 import signal
 import ssl
-import sys
 
 from relay import __version__
+from relay.access_log import configure_logging
+from relay.admin_server import serve_admin
 from relay.config import RelayConfig
 from relay.h3_server import serve_h3
 from relay.listener import FirstBytesProtocol
 from relay.quic_listener import QuicListener
 from relay.relay_context import RelayContext
 from relay.sse_scanner import IMPLEMENTATION
+from relay.worker import tag_logs, watch_supervisor
 
 log = logging.getLogger("sse_relay")
 
@@ -47,7 +49,9 @@ def _address(scheme: str, server: asyncio.Server) -> str:
     return f"{scheme}://{host}:{port}"
 
 
-async def _tls_listeners(context: RelayContext) -> tuple[asyncio.Server, QuicListener | None]:
+async def _tls_listeners(
+    context: RelayContext, reuse_port: bool
+) -> tuple[asyncio.Server, QuicListener | None]:
     """The TLS listener and, with --http3, the QUIC listener on the same port number.
 
     HTTP/3 is found through Alt-Svc, which names a port, not a protocol: the UDP port
@@ -66,13 +70,14 @@ async def _tls_listeners(context: RelayContext) -> tuple[asyncio.Server, QuicLis
             config.tls_listen_port,
             ssl=tls,
             reuse_address=True,
+            reuse_port=reuse_port,
             backlog=4096,
         )
         if not config.http3:
             return server, None
         port = server.sockets[0].getsockname()[1]
         try:
-            quic = await serve_h3(context, config.tls_listen_host, port)
+            quic = await serve_h3(context, config.tls_listen_host, port, reuse_port=reuse_port)
         except OSError:
             server.close()
             attempts -= 1
@@ -83,11 +88,21 @@ async def _tls_listeners(context: RelayContext) -> tuple[asyncio.Server, QuicLis
         return server, quic
 
 
-async def serve(config: RelayConfig) -> None:
-    """Accept clients until SIGTERM or SIGINT."""
-    logging.basicConfig(
-        stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
-    )
+def setup_logging(worker: int | str | None = None) -> None:
+    """Log to stderr; as one of several processes, each line names which (`worker=N`)."""
+    configure_logging()  # one JSON object per line
+    if worker is not None:
+        tag_logs(worker)
+
+
+async def serve(config: RelayConfig, worker_id: int | None = None) -> None:
+    """Accept clients until SIGTERM or SIGINT.
+
+    As worker `worker_id` of a supervisor (--workers), every listener shares its port
+    with the other workers (SO_REUSEPORT), and the supervisor's exit drains too.
+    """
+    setup_logging(worker_id)
+    reuse_port = worker_id is not None
     _raise_file_limit()
     loop = asyncio.get_running_loop()
     context = RelayContext(config)
@@ -97,20 +112,27 @@ async def serve(config: RelayConfig) -> None:
             config.listen_host,
             config.listen_port,
             reuse_address=True,
+            reuse_port=reuse_port,
             backlog=4096,
         )
     ]
     addresses = [_address("http", servers[0])]
     quic: QuicListener | None = None
     if config.tls_cert and config.tls_key:
-        tls_server, quic = await _tls_listeners(context)
+        tls_server, quic = await _tls_listeners(context, reuse_port)
         servers.append(tls_server)
         addresses.append(_address("https", tls_server))
         if quic is not None:
             addresses.append(_address("h3", tls_server))
+    # After the client listeners: an admin listener that answers means they are bound.
+    admin = await serve_admin(context, worker_id)
+    if admin is not None:
+        addresses.append("admin=" + _address("http", admin))
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if worker_id is not None:
+        await watch_supervisor(stop.set)
     print(
         f"sse-relay {__version__} listening on {' '.join(addresses)} "
         f"upstream={config.upstreams[0].url} scanner={IMPLEMENTATION}",
@@ -130,6 +152,8 @@ async def serve(config: RelayConfig) -> None:
     finally:
         for server in servers:
             server.close()
+        if admin is not None:
+            admin.close()  # only now: /readyz said "draining" while the drain ran
         if quic is not None:
             quic.close()
         context.close()

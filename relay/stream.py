@@ -14,7 +14,7 @@ import logging
 import random
 from dataclasses import replace
 
-from relay.counters import Counters
+from relay.access_log import log_stream
 from relay.errors import (
     BodyTooLarge,
     Overloaded,
@@ -34,9 +34,11 @@ from relay.exchange import (
 )
 from relay.headers import header_value, relayed_response_headers
 from relay.keepalive import KeepaliveClock
+from relay.metrics import RelayMetrics
 from relay.retry import retry_after
 from relay.sse_endings import ended_by_upstream, ending_frames, needs_truncation_error
 from relay.sse_scanner import FrameScanner
+from relay.stream_record import Outcome, StreamRecord
 
 log = logging.getLogger("sse_relay")
 
@@ -54,24 +56,32 @@ class RelayStream:
         "_client_paused",
         "_client_paused_at",
         "_clock",
-        "_counters",
         "_dropped_params",
         "_finished",
+        "_first_try_at",
         "_head",
+        "_head_at",
         "_head_sent",
         "_hold_body",
         "_last_byte",
+        "_longest_silence",
         "_loop",
+        "_metrics",
         "_open_upstream",
         "_request_ended",
+        "_request_id",
+        "_retries",
         "_scanner",
         "_settings",
         "_started",
+        "_status",
         "_timer",
         "_tries",
         "_upstream",
+        "_upstream_error",
         "bytes_out",
         "keepalives",
+        "outcome",
     )
 
     def __init__(
@@ -79,13 +89,13 @@ class RelayStream:
         client: ClientSide,
         head: RequestHead,
         settings: StreamSettings,
-        counters: Counters,
+        metrics: RelayMetrics,
         active: set[RelayStream],
     ) -> None:
         self._client = client
         self._head = head
         self._settings = settings
-        self._counters = counters
+        self._metrics = metrics
         self._active = active
         self._loop = asyncio.get_running_loop()
         self._open_upstream: OpenUpstream | None = None
@@ -107,9 +117,19 @@ class RelayStream:
         self._timer: asyncio.TimerHandle | None = None
         self._started = self._last_byte = self._loop.time()
         self._tries = 0
+        self._retries = 0
+        # For the stream's record (relay/stream_record.py), filled in as it goes.
+        self._first_try_at = self._started
+        self._head_at: float | None = None
+        self._longest_silence = 0.0
+        self._status: int | None = None
+        self._request_id: str | None = None
+        self._upstream_error: str | None = None
+        #: How the stream ended (relay/stream_record.py), once it has.
+        self.outcome: Outcome | None = None
         self.bytes_out = 0
         self.keepalives = 0
-        counters.streams_total += 1
+        metrics.stream_started(head.http_version)
         active.add(self)
 
     def start(self, open_upstream: OpenUpstream) -> None:
@@ -124,9 +144,9 @@ class RelayStream:
         """Answer the client without asking upstream (limits, policy, overload)."""
         if self._finished:
             return
-        self._counters.refused += 1
+        self._metrics.refused(error.status)
         log.warning("refused %s %s: %d %s", *self._describe(), error.status, error.message)
-        self._finish()
+        self._finish(Outcome.REFUSED, error)
         self._send_error_response(error)
 
     def end_for_drain(self) -> None:
@@ -135,20 +155,23 @@ class RelayStream:
             Overloaded(
                 "sse-relay is restarting: stream ended after "
                 f"{self.bytes_out} bytes / {self._frames()} events; retry the request"
-            )
+            ),
+            Outcome.DRAINED,
         )
 
     # -- from the client adapter ------------------------------------------------------
 
     def on_request_body(self, data: bytes) -> None:
+        if self._finished:
+            return  # the answer is out and upstream gone: nothing is waiting for these
         self._body_size += len(data)
         if self._body_size > self._settings.max_body_bytes:
             if self._head_sent:
                 # Upstream answered before the body was complete; the answer is already
                 # under way, so only a reset can still say no.
                 log.warning("reset %s %s: %s", *self._describe(), self._too_large_message())
-                self._counters.refused += 1
-                self._finish()
+                self._metrics.refused(BodyTooLarge.status)
+                self._finish(Outcome.REFUSED)
                 self._abort_upstream()
                 self._client.abort()
             else:
@@ -173,8 +196,7 @@ class RelayStream:
         """The client closed or reset: stop upstream at once so no tokens are wasted."""
         if self._finished:
             return
-        self._counters.client_aborts += 1
-        self._finish()
+        self._finish(Outcome.CLIENT_ABORT)
         self._abort_upstream()
 
     def on_client_paused(self) -> None:
@@ -209,6 +231,11 @@ class RelayStream:
             return
         self._head_sent = True
         self._body = None
+        # Upstream's silence is measured from its head; waiting for the head is TTFB.
+        self._head_at = self._last_byte = self._loop.time()
+        self._status = status
+        request_id = header_value(headers, b"request-id")
+        self._request_id = None if request_id is None else request_id.decode(errors="replace")
         content_type = header_value(headers, b"content-type") or b""
         headers = relayed_response_headers(headers)
         if content_type.lower().startswith(b"text/event-stream"):
@@ -220,7 +247,7 @@ class RelayStream:
                 headers = [(k, v) for k, v in headers if k != b"content-length"]
                 self._arm(self._loop.time() + self._settings.keepalive_interval)
             else:
-                self._counters.sse_compressed += 1
+                self._metrics.sse_compressed()
                 log.warning(
                     "SSE response for %s is content-encoded (%s): relayed without keepalives",
                     self._head.target.decode(errors="replace"),
@@ -231,8 +258,13 @@ class RelayStream:
         self._client.send_head(status, headers)
 
     def on_response_body(self, data: bytes) -> None:
-        # The hot path: one clock read, one scanner pass, one write. No allocation.
-        self._last_byte = self._loop.time()
+        # The hot path: one clock read, one subtraction and compare (the longest upstream
+        # silence, for the stream's record), one scanner pass, one write.
+        now = self._loop.time()
+        silence = now - self._last_byte
+        if silence > self._longest_silence:
+            self._longest_silence = silence
+        self._last_byte = now
         scanner = self._scanner
         if scanner is not None:
             if self.keepalives and not self.bytes_out and data.startswith(_BOM):
@@ -248,10 +280,12 @@ class RelayStream:
         self._upstream = None
         scanner = self._scanner
         if scanner is not None and needs_truncation_error(scanner):
-            self._counters.truncated += 1
-            self._terminate(self._lost("the stream ended without message_stop"))
+            self._upstream_error = "truncated"
+            self._terminate(
+                self._lost("the stream ended without message_stop"), Outcome.TRUNCATED
+            )
             return
-        self._finish()
+        self._finish(Outcome.COMPLETED)
         self._client.send_end()
 
     def on_upstream_failed(self, error: RelayError) -> None:
@@ -261,14 +295,17 @@ class RelayStream:
         self._abort_upstream()
         if error.transparent_retry and self._retry_later(error.message):
             return
-        self._counters.upstream_errors += 1
-        self._terminate(self._lost(error.message) if self._head_sent else error)
+        self._upstream_error = error.kind
+        failure = self._lost(error.message) if self._head_sent else error
+        self._terminate(failure, Outcome.UPSTREAM_ERROR)
 
     # -- internals --------------------------------------------------------------------
 
     def _try_upstream(self) -> None:
         if self._finished or self._open_upstream is None:
             return
+        if not self._tries:
+            self._first_try_at = self._loop.time()
         self._tries += 1
         self._loop.create_task(self._connect(self._open_upstream, self._tries - 1))
 
@@ -304,7 +341,7 @@ class RelayStream:
             return False
         self._abort_upstream()
         self._cancel_timer()
-        self._counters.retries += 1
+        self._retries += 1
         log.info("retrying %s %s in %.2f s: %s", *self._describe(), delay, reason)
         self._loop.call_later(delay, self._try_upstream)
         return True
@@ -326,18 +363,21 @@ class RelayStream:
             self._dropped_params = result.dropped
         self._try_upstream()
 
-    def _terminate(self, error: RelayError) -> None:
+    def _terminate(self, error: RelayError, outcome: Outcome) -> None:
         """End the exchange with `error`, in the best form the client can still take."""
         if self._finished:
             return
-        self._finish()
+        complete = (
+            self._head_sent and self._scanner is not None and ended_by_upstream(self._scanner)
+        )
+        self._finish(Outcome.COMPLETED if complete else outcome, None if self._head_sent else error)
         self._abort_upstream()
         if not self._head_sent:
             log.warning(
                 "answered %s %s with %d: %s", *self._describe(), error.status, error.message
             )
             self._send_error_response(error)
-        elif self._scanner is not None and ended_by_upstream(self._scanner):
+        elif complete:
             # The Messages stream is complete (message_stop) or upstream reported its own
             # error: an added error would make a finished, paid-for turn look failed.
             log.info("ended %s %s after its last event: %s", *self._describe(), error.message)
@@ -357,7 +397,7 @@ class RelayStream:
         headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
-            (b"request-id", new_request_id().encode()),
+            (b"request-id", (self._request_id or new_request_id()).encode()),
             (b"x-should-retry", b"true" if error.retryable else b"false"),
         ]
         if error.retry_after is not None:
@@ -376,10 +416,52 @@ class RelayStream:
             # A congested upstream may have paused the client's body; a retry needs it.
             self._client.resume_request_body()
 
-    def _finish(self) -> None:
+    def _finish(self, outcome: Outcome, answer: RelayError | None = None) -> None:
+        """The one place a stream ends (once): its record goes to metrics and the log.
+
+        `answer` is the relay-made response about to be sent, which sets the status.
+        """
+        if self._finished:
+            return
         self._finished = True
         self._active.discard(self)
         self._cancel_timer()
+        self.outcome = outcome
+        if answer is not None:
+            self._status = answer.status
+            self._request_id = new_request_id()
+        record = self._record(outcome)
+        self._metrics.stream_finished(record)
+        log_stream(record)
+
+    def _record(self, outcome: Outcome) -> StreamRecord:
+        now = self._loop.time()
+        silence = None
+        if self._head_at is not None:
+            # The silence still running counts too (a read timeout is all silence), but
+            # not while the client was paused: that silence was our own doing.
+            silence = self._longest_silence
+            if not self._client_paused:
+                silence = max(silence, now - self._last_byte)
+        scanner = self._scanner
+        return StreamRecord(
+            http_version=self._head.http_version,
+            method=self._head.method.decode(errors="replace"),
+            path=self._head.target.decode(errors="replace"),
+            status=self._status,
+            request_id=self._request_id,
+            outcome=outcome,
+            ttfb=None if self._head_at is None else self._head_at - self._first_try_at,
+            duration=now - self._started,
+            longest_silence=silence,
+            keepalives=self.keepalives,
+            bytes_in=self._body_size,
+            bytes_out=self.bytes_out,
+            events=0 if scanner is None else scanner.frames,
+            pings=0 if scanner is None else scanner.pings,
+            retries=self._retries,
+            upstream_error=self._upstream_error,
+        )
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -406,10 +488,10 @@ class RelayStream:
             return
         deadline = self._last_byte + self._settings.read_timeout
         if now >= deadline:
-            self._counters.upstream_errors += 1
-            self._counters.read_timeouts += 1
+            self._upstream_error = "read_timeout"
             silent = f"upstream sent nothing for {self._settings.read_timeout:g} s"
-            self._terminate(self._lost(silent) if self._head_sent else UpstreamTimeout(silent))
+            error = self._lost(silent) if self._head_sent else UpstreamTimeout(silent)
+            self._terminate(error, Outcome.READ_TIMEOUT)
             return
         next_check = deadline
         clock, scanner = self._clock, self._scanner
@@ -417,7 +499,7 @@ class RelayStream:
             decision = clock.decide(now, self._last_byte, scanner.at_boundary)
             if decision.write:
                 self.keepalives += 1
-                self._counters.keepalives += 1
+                self._metrics.keepalive()
                 self._client.send_body(self._settings.keepalive_frame)
             next_check = min(next_check, decision.next_check)
         self._timer = self._loop.call_at(next_check, self._on_timer)
@@ -430,8 +512,7 @@ class RelayStream:
             *self._describe(),
             self._settings.send_timeout,
         )
-        self._counters.client_stalls += 1
-        self._finish()
+        self._finish(Outcome.CLIENT_STALL)
         self._abort_upstream()
         self._client.abort()
 

@@ -16,6 +16,7 @@ from pathlib import Path
 _READY = re.compile(rb"listening on http://[^:]+:(\d+)")
 _TLS_READY = re.compile(rb"https://[^:]+:(\d+)")
 _H3_READY = re.compile(rb"h3://[^:]+:(\d+)")
+_ADMIN_READY = re.compile(rb"admin=(http://[^\s]+)")
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -29,7 +30,11 @@ class RelayProcess:
         keepalive: float = 0.1,
         env: dict[str, str] | None = None,
         command: Sequence[str] = (sys.executable, "-m", "relay"),
+        admin: str | None = "127.0.0.1:0",
     ) -> None:
+        # An ephemeral admin port by default, so that relays in parallel never collide
+        # on the default one; None leaves --admin-listen to `extra` or the environment.
+        admin_args = ["--admin-listen", admin] if admin is not None else []
         args = [
             *command,
             "--listen",
@@ -38,6 +43,7 @@ class RelayProcess:
             upstream,
             "--keepalive-interval",
             str(keepalive),
+            *admin_args,
             *extra,
         ]
         # A file, not a pipe: a chatty relay must never block on a full pipe buffer.
@@ -60,6 +66,9 @@ class RelayProcess:
         h3 = _H3_READY.search(self.ready_line)
         #: The HTTP/3 (QUIC, UDP) port, when --http3 was given; else 0.
         self.h3_port = int(h3.group(1)) if h3 else 0
+        admin_match = _ADMIN_READY.search(self.ready_line)
+        #: The admin listener (/metrics, /healthz, /readyz), when there is one; else "".
+        self.admin_url = admin_match.group(1).decode() if admin_match else ""
 
     def _read_ready_line(self, timeout: float = 20.0) -> bytes:
         assert self.proc.stdout is not None

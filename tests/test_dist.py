@@ -6,6 +6,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx2
 import pytest
 
 from tests.clients import raw_stream, script
@@ -37,6 +38,11 @@ def test_executable_relays_a_stream_with_keepalives(executable: Path, sim: SimSe
     with RelayProcess(sim.url, keepalive=0.1, command=[str(executable)]) as relay:
         assert b"scanner=cython" in relay.ready_line
         status, _, relayed = raw_stream(relay.url, headers=gap)
+        # prometheus_client made it into the binary, and the admin listener serves it.
+        metrics = httpx2.get(relay.admin_url + "/metrics", timeout=10).text
+    assert 'sse_relay_streams_total{http_version="1.1",outcome="completed",status="200"} 1.0' in (
+        metrics
+    )
     direct = raw_stream(sim.url, headers=gap)[2]
     assert status == 200 and relayed.count(b": keepalive\n\n") >= 3
     assert relayed.replace(b": keepalive\n\n", b"") == direct

@@ -20,8 +20,8 @@ from aioquic.h3.connection import ErrorCode
 from aioquic.tls import SessionTicket
 
 from relay.config import ConfigError, RelayConfig, add_arguments, load
-from relay.counters import Counters
 from relay.h3_server import quic_configuration
+from relay.metrics import RelayMetrics
 from relay.quic_listener import QuicHandler, QuicListener, QuicSession
 from relay.sim import CloseRecord
 from tests.clients import KEEPALIVE, raw_stream, script
@@ -219,7 +219,7 @@ def test_garbage_is_dropped_or_answered_and_leaves_no_connection(
     relay_tls_args: list[str], ca_file: Path,
 ) -> None:
     config = _load_config(_h3_args(relay_tls_args))
-    counters = Counters()
+    metrics = RelayMetrics()
     made: list[QuicSession] = []
 
     def new_handler(session: QuicSession) -> QuicHandler:
@@ -227,7 +227,7 @@ def test_garbage_is_dropped_or_answered_and_leaves_no_connection(
         raise AssertionError("no connection may come of garbage")
 
     async def run() -> _CountingTransport:
-        listener = QuicListener(quic_configuration(config), new_handler, counters)
+        listener = QuicListener(quic_configuration(config), new_handler, metrics)
         transport = _CountingTransport()
         listener.connection_made(transport)
         rng = random.Random(7)
@@ -239,8 +239,9 @@ def test_garbage_is_dropped_or_answered_and_leaves_no_connection(
     # Each datagram was dropped, or (an unknown version, full size) got one Version
     # Negotiation packet; none made a connection.
     assert not made
-    assert counters.quic_dropped + transport.sent == 2000
-    assert counters.quic_dropped > 1000 and transport.sent > 0
+    dropped = metrics.value("sse_relay_quic_dropped_total")
+    assert dropped + transport.sent == 2000
+    assert dropped > 1000 and transport.sent > 0
 
 
 def _alt_svc(url: str, http2: bool, fields: dict[str, object] | None = None) -> list[str]:

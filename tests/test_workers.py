@@ -1,0 +1,240 @@
+"""`--workers N`: workers share the port, a dead one is replaced, SIGTERM drains them all.
+
+Which worker holds a connection is read from /proc (socket inodes in the process's file
+descriptors), so the tests never guess how the kernel spread connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx2
+import pytest
+
+from tests.clients import KEEPALIVE, MESSAGE_PARAMS, raw_http, raw_stream, script
+from tests.h3client import h3_connect
+from tests.relayproc import RelayProcess, run_cli
+from tests.simserver import SimServer
+
+_READY = re.compile(rb"worker (\d+) ready \(pid (\d+)\)")
+# A worker's id, in a JSON log line ({"worker": 1, ...}) or a text one (worker=1 ...).
+_WORKER = re.compile(rb'^\{?"?worker"?[=:] ?(\d+)')
+
+
+def _wait(predicate: Callable[[], object], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"condition not met within {timeout} s")
+        time.sleep(0.01)
+
+
+def _workers(relay: RelayProcess) -> dict[int, int]:
+    """Worker id -> pid of its latest process, from the supervisor's log."""
+    return {int(wid): int(pid) for wid, pid in _READY.findall(relay.stderr_text)}
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:  # closed meanwhile
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    return inodes
+
+
+def _connection_owner(pids: list[int], server_port: int, client_port: int | None) -> int | None:
+    """The pid holding an accepted connection to `server_port` (from `client_port`)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local, remote, state, inode = fields[1], fields[2], fields[3], fields[9]
+            if state != "01" or int(local.rsplit(":", 1)[1], 16) != server_port:
+                continue
+            if client_port is None or int(remote.rsplit(":", 1)[1], 16) == client_port:
+                inodes.add(inode)
+    for pid in pids:
+        if inodes & _socket_inodes(pid):
+            return pid
+    return None
+
+
+def _request() -> bytes:
+    body = json.dumps({**MESSAGE_PARAMS, "stream": True}).encode()
+    return (
+        b"POST /v1/messages HTTP/1.1\r\nhost: relay\r\ncontent-type: application/json\r\n"
+        b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+    )
+
+
+def test_both_workers_serve_on_one_port_and_name_themselves_in_logs(sim: SimServer) -> None:
+    # A body over the limit is refused by the relay itself, which logs it.
+    with RelayProcess(sim.url, "--workers", "2", "--max-body-bytes", "10") as relay:
+        assert b" workers=2" in relay.ready_line
+        assert sorted(_workers(relay)) == [1, 2]
+        refusal = b"POST /v1/messages HTTP/1.1\r\nhost: r\r\ncontent-length: 11\r\n\r\n"
+
+        def logged_by() -> set[int]:
+            return {
+                int(match.group(1))
+                for line in relay.stderr_text.splitlines()
+                if b"413" in line and (match := _WORKER.match(line))
+            }
+
+        # Every new connection is hashed to one of the two listening sockets.
+        for _ in range(200):
+            assert b" 413 " in raw_http(relay.port, refusal)[:20]
+            if logged_by() == {1, 2}:
+                break
+        assert logged_by() == {1, 2}
+        lines = [line for line in relay.stderr_text.splitlines() if line.strip()]
+        assert all(_WORKER.match(line) or b'"worker": "supervisor"' in line for line in lines)
+
+
+def test_a_killed_worker_spares_the_others_streams_and_is_replaced(sim: SimServer) -> None:
+    long_stream = script(gaps=[[2, 1.5]])
+    direct = raw_stream(sim.url, headers=long_stream)[2]
+    with RelayProcess(sim.url, "--workers", "2") as relay:
+        first = _workers(relay)
+        results: list[bytes] = []
+        before = len(sim.requests)
+        stream = threading.Thread(
+            target=lambda: results.append(raw_stream(relay.url, headers=long_stream)[2])
+        )
+        stream.start()
+        sim.wait_for(lambda: len(sim.requests) > before)
+        pids = list(first.values())
+        _wait(lambda: _connection_owner(pids, relay.port, None))
+        holder = _connection_owner(pids, relay.port, None)
+        (victim_id,) = [wid for wid, pid in first.items() if pid != holder]
+        os.kill(first[victim_id], signal.SIGKILL)
+
+        _wait(lambda: _workers(relay)[victim_id] != first[victim_id])
+        replacement = _workers(relay)[victim_id]
+        stream.join(10)
+        assert results and results[0].replace(KEEPALIVE, b"") == direct
+        assert b"was killed by SIGKILL; starting a new one" in relay.stderr_text
+
+        # The replacement accepts connections and relays on them.
+        assert holder is not None
+        assert _relay_through(replacement, [holder, replacement], relay.port).startswith(
+            b"HTTP/1.1 200 "
+        )
+
+
+def _relay_through(pid: int, pids: list[int], port: int) -> bytes:
+    """Connects until process `pid` accepts the connection; its response to a stream."""
+    for _ in range(200):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+            client_port = client.getsockname()[1]
+            _wait(lambda: _connection_owner(pids, port, client_port))  # noqa: B023
+            if _connection_owner(pids, port, client_port) != pid:
+                continue
+            client.sendall(_request())
+            response = b"".join(iter(lambda: client.recv(65536), b""))
+            assert b"event: message_stop" in response
+            return response
+    raise AssertionError(f"pid {pid} accepted none of 200 connections")
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sigterm_drains_live_streams_and_exits_0(sim: SimServer, workers: str) -> None:
+    short, long = script(gaps=[[2, 0.5]]), script(gaps=[[2, 8.0]])
+    direct = raw_stream(sim.url, headers=short)[2]
+    results: dict[int, bytes] = {}
+    with RelayProcess(sim.url, "--workers", workers, "--drain-timeout", "5") as relay:
+
+        def run(index: int) -> None:
+            results[index] = raw_stream(relay.url, headers=short if index < 15 else long)[2]
+
+        before = len(sim.requests)
+        clients = [threading.Thread(target=run, args=(i,)) for i in range(20)]
+        for client in clients:
+            client.start()
+        sim.wait_for(lambda: len(sim.requests) - before >= 20, timeout=10)
+        relay.proc.send_signal(signal.SIGTERM)
+        code = relay.proc.wait(15)
+        for client in clients:
+            client.join(10)
+    assert code == 0
+    for index in range(15):
+        assert results[index].replace(KEEPALIVE, b"") == direct
+    for index in range(15, 20):  # past the drain: ended cleanly, told to retry
+        assert results[index].endswith(b"\n\n") and b"sse-relay is restarting" in results[index]
+
+
+def test_workers_drain_and_exit_when_the_supervisor_is_killed(sim: SimServer) -> None:
+    with RelayProcess(sim.url, "--workers", "2") as relay:
+        pids = list(_workers(relay).values())
+        relay.proc.kill()
+        relay.proc.wait()
+        _wait(lambda: not any(_running(pid) for pid in pids))
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan is reaped by whoever adopted it, maybe late)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+def test_a_worker_that_cannot_start_fails_the_supervisor() -> None:
+    bad = run_cli(
+        [
+            "--workers=2",
+            "--listen=127.0.0.1:0",
+            "--admin-listen=127.0.0.1:0",
+            "--tls-listen=127.0.0.1:0",
+            "--tls-cert=/nonexistent/cert.pem",
+            "--tls-key=/nonexistent/key.pem",
+        ]
+    )
+    assert bad.returncode == 1
+    assert "did not get ready" in bad.stderr and "listening on" not in bad.stdout
+
+
+def test_tls_and_http3_listeners_are_shared_too(
+    sim: SimServer, relay_tls_args: list[str], ca_file: Path
+) -> None:
+    fields: dict[str, object] = {"gaps": [[2, 0.3]]}
+    direct = raw_stream(sim.url, headers={"x-sim-script": json.dumps(fields)})[2]
+    with RelayProcess(sim.url, *relay_tls_args, "--http3", "--workers", "2") as relay:
+        assert relay.tls_url and relay.h3_port
+        trust = ssl.create_default_context(cafile=str(ca_file))
+        with httpx2.Client(verify=trust, http2=True) as client:
+            response = client.post(
+                relay.tls_url + "/v1/messages",
+                content=json.dumps({**MESSAGE_PARAMS, "stream": True}).encode(),
+                headers={"x-sim-script": json.dumps(fields)},
+            )
+        assert response.http_version == "HTTP/2"
+        assert response.content.replace(KEEPALIVE, b"") == direct
+
+        async def h3_streams() -> list[bytes]:
+            relayed = []
+            for _ in range(4):  # new client ports: spread over the workers
+                async with h3_connect(relay.h3_port, str(ca_file)) as h3:
+                    stream = h3.request(fields)
+                    await h3.wait_until(lambda: stream in h3.ended)  # noqa: B023
+                    assert h3.status[stream] == 200
+                    relayed.append(bytes(h3.data[stream]))
+            return relayed
+
+        for relayed in asyncio.run(h3_streams()):
+            assert relayed.replace(KEEPALIVE, b"") == direct
