@@ -7,7 +7,7 @@ LISTEN ?= 127.0.0.1:8080
 STAMP := $(VENV)/.installed
 TEST_TOOLS := curl=curl nghttp=nghttp2-client
 
-.PHONY: install run sim demo test lint system-deps bench bench-quick clean
+.PHONY: install run sim demo dist test lint system-deps bench bench-quick clean
 
 $(STAMP): pyproject.toml setup.py relay/_fastsse.pyx
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,15 +26,39 @@ sim: install
 demo: install
 	$(BIN)/python scripts/demo.py
 
+# One self-contained executable, dist/sse-relay (PyInstaller one-file, Cython scanner in).
+dist: install
+	scripts/build-dist.sh dist
+
 system-deps:
 	scripts/system-deps.sh $(TEST_TOOLS)
 
 lint: install
-	$(BIN)/ruff check relay tests scripts
+	$(BIN)/ruff check relay tests scripts bench
 	$(BIN)/mypy
 
 test: install system-deps lint
 	$(BIN)/python -m pytest -q
 
+# Benchmarks (bench/, README "Benchmarks"): Python extras, then nginx from Debian.
+# /usr/sbin is searched too: it is not on every user's PATH, and nginx lives there.
+BENCH_STAMP := $(VENV)/.bench-installed
+BENCH_TOOLS := nginx=nginx
+
+.PHONY: bench-install
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/pip install -q -e '.[test,bench]'
+	touch $@
+
+bench-install: $(BENCH_STAMP)
+	PATH="$$PATH:/usr/sbin" scripts/system-deps.sh $(BENCH_TOOLS)
+
+bench: bench-install
+	PATH="$$PATH:/usr/sbin" $(BIN)/python -m bench
+
+bench-quick: bench-install
+	PATH="$$PATH:/usr/sbin" $(BIN)/python -m bench --quick
+
 clean:
-	rm -rf $(VENV) build *.egg-info relay/*.so relay/_fastsse.c
+	rm -rf $(VENV) build dist *.egg-info relay/*.so relay/_fastsse.c

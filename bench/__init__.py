@@ -1,0 +1,1 @@
+"""sse-relay's benchmark suite: `make bench` (full) or `make bench-quick`; see README."""

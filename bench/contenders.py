@@ -1,0 +1,257 @@
+"""What sits between the load generator and the emitter, one class per contender.
+
+Each `start`s its process pinned to the contender core and returns a `Running` that
+says where to connect (HTTP/1.1, and h2c when it has it) and whose CPU to count.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import trustme
+
+from bench.proc_stats import children
+from bench.procs import CONTENDER_CPUS, ServerProcess, free_port, wait_for_port
+
+_LISTENING = re.compile(rb"listening on http://[^:]+:(\d+)")
+_H3_LISTENING = re.compile(rb"h3://[^:]+:(\d+)")
+# Debian puts nginx in /usr/sbin, which is not on every user's PATH.
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+@dataclass
+class Running:
+    """A started contender: `url` speaks HTTP/1.1, `h2c_url` (if any) h2c."""
+
+    key: str
+    url: str
+    pids: tuple[int, ...] = ()
+    h2c_url: str | None = None
+    version: str = ""
+    processes: list[ServerProcess] = field(default_factory=list)
+    #: HTTP/3 (UDP), with the CA file its certificate chains to.
+    h3_url: str | None = None
+    ca_file: str = ""
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.stop()
+
+
+class Contender(ABC):
+    """A name for the tables, a key for the JSON, and how to start it."""
+
+    key = ""
+    label = ""
+
+    @abstractmethod
+    def start(self, upstream: str, workdir: Path, keepalive_interval: float) -> Running: ...
+
+
+class Direct(Contender):
+    """No middlebox: the floor every other figure is compared with."""
+
+    key = "direct"
+    label = "direct (floor)"
+
+    def start(self, upstream: str, workdir: Path, keepalive_interval: float) -> Running:
+        return Running(self.key, upstream, version="-")
+
+
+class SseRelay(Contender):
+    """sse-relay itself; `scanner="python"` forces the pure-Python twin at run time."""
+
+    def __init__(self, scanner: str) -> None:
+        self.scanner = scanner
+        self.key = f"relay-{scanner}"
+        self.label = f"sse-relay ({scanner})"
+
+    def start(self, upstream: str, workdir: Path, keepalive_interval: float) -> Running:
+        env = {"SSE_RELAY_NO_EXTENSIONS": "1"} if self.scanner == "python" else {}
+        args = [
+            sys.executable,
+            "-m",
+            "relay",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            upstream,
+            "--keepalive-interval",
+            str(keepalive_interval),
+            "--max-streams",
+            "20000",  # the idle scenario's 10,000 streams are within, not at, the limit
+            "--drain-timeout",
+            "1",
+            *self._http3_args(workdir),
+            *_admin_off(),
+        ]
+        process = ServerProcess(
+            args, workdir / f"{self.key}.log", cpus=CONTENDER_CPUS, ready=_LISTENING, env=env
+        )
+        match = _LISTENING.search(process.ready_line)
+        assert match is not None
+        active = re.search(rb"scanner=(\w+)", process.ready_line)
+        if active is None or active.group(1).decode() != self.scanner:
+            process.stop()
+            raise RuntimeError(f"wanted the {self.scanner} scanner: {process.ready_line!r}")
+        url = f"http://127.0.0.1:{match.group(1).decode()}"
+        version = subprocess.run(
+            [sys.executable, "-m", "relay", "--version"],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, **env},
+        ).stdout.strip()
+        h3 = _H3_LISTENING.search(process.ready_line)
+        # One port serves HTTP/1.1 and h2c (prior knowledge); HTTP/3 has its own.
+        return Running(
+            self.key,
+            url,
+            (process.pid,),
+            h2c_url=url,
+            version=version,
+            processes=[process],
+            h3_url=f"https://127.0.0.1:{h3.group(1).decode()}" if h3 else None,
+            ca_file=str(workdir / "ca.pem"),
+        )
+
+    @staticmethod
+    def _http3_args(workdir: Path) -> list[str]:
+        """An HTTP/3 listener (QUIC is always TLS), with a certificate for `localhost`
+        from a CA made for this run."""
+        cert, key = workdir / "cert.pem", workdir / "key.pem"
+        if not cert.exists():
+            ca = trustme.CA()
+            ca.cert_pem.write_to_path(str(workdir / "ca.pem"))
+            issued = ca.issue_cert("localhost")
+            issued.cert_chain_pems[0].write_to_path(str(cert))
+            issued.private_key_pem.write_to_path(str(key))
+        return [
+            *("--tls-listen", "127.0.0.1:0", "--tls-cert", str(cert), "--tls-key", str(key)),
+            "--http3",
+        ]
+
+
+class Nginx(Contender):
+    """Debian's nginx as a plain streaming reverse proxy: 1 worker, buffering off."""
+
+    key = "nginx"
+    label = "nginx (1 worker)"
+
+    def start(self, upstream: str, workdir: Path, keepalive_interval: float) -> Running:
+        prefix = workdir / "nginx"
+        prefix.mkdir(exist_ok=True)
+        h1_port, h2c_port = free_port(), free_port()
+        config = prefix / "nginx.conf"
+        config.write_text(nginx_config(prefix, upstream, h1_port, h2c_port))
+        args = [NGINX, "-p", str(prefix), "-c", str(config), "-e", str(prefix / "error.log")]
+        process = ServerProcess(args, workdir / "nginx.log", cpus=CONTENDER_CPUS)
+        wait_for_port(h1_port)
+        wait_for_port(h2c_port)
+        # The master only supervises, but its CPU counts too.
+        pids = (process.pid, *_worker_pids(process.pid))
+        version = subprocess.run(
+            [NGINX, "-v"], capture_output=True, text=True, check=True
+        ).stderr.strip()
+        return Running(
+            self.key,
+            f"http://127.0.0.1:{h1_port}",
+            pids,
+            f"http://127.0.0.1:{h2c_port}",
+            version,
+            [process],
+        )
+
+
+@functools.cache
+def _admin_off() -> list[str]:
+    """Turns the admin listener off where the relay has one: its fixed default port would
+    clash between the two relays, and /metrics is not what is measured."""
+    usage = subprocess.run(
+        [sys.executable, "-m", "relay", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    return ["--admin-listen", "off"] if "--admin-listen" in usage else []
+
+
+def _worker_pids(master: int, timeout: float = 5.0) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while not (workers := children(master)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if not workers:
+        raise RuntimeError("nginx started no worker")
+    return workers
+
+
+def nginx_config(prefix: Path, upstream: str, h1_port: int, h2c_port: int) -> str:
+    """One worker; HTTP/1.1 on one port, h2c by prior knowledge on another."""
+    upstream_host = upstream.removeprefix("http://")
+    temp = " ".join(
+        f"{kind}_temp_path {prefix / kind};" for kind in ("client_body", "proxy", "fastcgi")
+    )
+    return f"""
+daemon off;
+worker_processes 1;
+worker_rlimit_nofile 20000;
+pid {prefix / "nginx.pid"};
+error_log {prefix / "error.log"} warn;
+events {{ worker_connections 19500; }}
+http {{
+    access_log off;
+    {temp} uwsgi_temp_path {prefix / "uwsgi"}; scgi_temp_path {prefix / "scgi"};
+    keepalive_requests 1000000;
+    http2_max_concurrent_streams 1000;
+    upstream emitter {{ server {upstream_host}; keepalive 256; }}
+    server {{
+        listen 127.0.0.1:{h1_port} backlog=4096;
+        listen 127.0.0.1:{h2c_port} http2 backlog=4096;
+        location / {{
+            proxy_pass http://emitter;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_request_buffering off;
+            proxy_read_timeout 600s;
+        }}
+    }}
+}}
+"""
+
+
+class NaiveRelay(Contender):
+    """bench/baselines/naive_aiohttp_relay.py: aiohttp streaming through."""
+
+    key = "naive"
+    label = "naive aiohttp relay"
+
+    def start(self, upstream: str, workdir: Path, keepalive_interval: float) -> Running:
+        script = Path(__file__).parent / "baselines" / "naive_aiohttp_relay.py"
+        args = [sys.executable, str(script), "--port", "0", "--upstream", upstream]
+        process = ServerProcess(args, workdir / "naive.log", cpus=CONTENDER_CPUS, ready=_LISTENING)
+        match = _LISTENING.search(process.ready_line)
+        assert match is not None
+        return Running(
+            self.key,
+            f"http://127.0.0.1:{match.group(1).decode()}",
+            (process.pid,),
+            version=f"aiohttp {aiohttp.__version__}",
+            processes=[process],
+        )
+
+
+ALL: tuple[Contender, ...] = (
+    Direct(),
+    SseRelay("cython"),
+    SseRelay("python"),
+    Nginx(),
+    NaiveRelay(),
+)

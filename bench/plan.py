@@ -1,0 +1,84 @@
+"""How big and how long each scenario runs: `full` (make bench) or `quick`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# A run "collapses" past either limit; the ladder stops there.
+COLLAPSE_P99_MS = 50.0
+COLLAPSE_DELIVERED = 0.95
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str
+    #: Scenario 2: concurrent streams at `latency_rate` events/s each.
+    latency_streams: tuple[int, ...]
+    latency_measure: float
+    latency_min_samples: int  # one stream gets a longer window, for a p99 worth the name
+    #: Scenario 1: streams -> aggregate paced rates to climb, lowest first.
+    ladder: dict[int, tuple[int, ...]]
+    ladder_measure: float
+    #: Scenario 3: silent 95% of the time, keepalive interval 1 s.
+    idle_streams: int
+    idle_measure: float
+    idle_contenders: tuple[str, ...]
+    #: Scenario 4: seconds of feeding per timing.
+    scanner_seconds: float
+    #: Scenario 5: streams over h2c and over HTTP/3, `latency_rate` events/s each.
+    h2_streams: tuple[int, ...]
+    h3_streams: tuple[int, ...]
+    latency_rate: float = 50.0
+    idle_rate: float = 10.0  # events/s while a stream is active
+    idle_cycle: float = 20.0  # active 1 s, silent 19 s, at a random phase per stream
+    idle_duty: float = 0.05
+    grace: float = 1.0
+    contenders: tuple[str, ...] = field(
+        default=("direct", "relay-cython", "relay-python", "nginx", "naive")
+    )
+
+    def latency_window(self, streams: int) -> float:
+        return max(self.latency_measure, self.latency_min_samples / (streams * self.latency_rate))
+
+    def ramp(self, streams: int) -> float:
+        """Seconds to open `streams` before the window starts (relays connect upstream too)."""
+        return 0.5 + streams / 1000
+
+
+FULL = Plan(
+    name="full",
+    latency_streams=(1, 100, 1000),
+    latency_measure=8.0,
+    latency_min_samples=600,
+    ladder={
+        1: (1000,),  # one stream: 1 ms timers cap the pace at 1000 events/s
+        100: (10_000, 20_000, 30_000, 40_000, 50_000),
+        1000: (10_000, 20_000, 30_000, 40_000, 50_000),
+    },
+    ladder_measure=3.0,
+    idle_streams=10_000,
+    idle_measure=10.0,
+    idle_contenders=("direct", "relay-cython", "relay-python", "nginx"),
+    scanner_seconds=1.0,
+    # 1000 h2c streams x 50/s saturate the load generator's core (the h2 package parses
+    # every DATA frame in Python), so they would measure the harness.
+    h2_streams=(1, 100),
+    h3_streams=(1, 100),
+)
+
+QUICK = Plan(
+    name="quick",
+    latency_streams=(1, 100),
+    latency_measure=2.0,
+    latency_min_samples=100,
+    ladder={100: (10_000, 30_000)},
+    ladder_measure=2.0,
+    idle_streams=2_000,
+    idle_measure=4.0,
+    idle_contenders=("relay-cython",),
+    scanner_seconds=0.2,
+    h2_streams=(100,),
+    h3_streams=(100,),
+)
+
+PLANS = {"full": FULL, "quick": QUICK}
