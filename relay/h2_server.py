@@ -38,6 +38,8 @@ MAX_CONCURRENT_STREAMS = 1000
 _STREAMS_CEILING_FACTOR = 2
 # Request bodies: the window we grant; WINDOW_UPDATE follows as the relay forwards.
 INITIAL_WINDOW = 1 << 20
+# Request bodies across all streams of one connection (connection-level window).
+CONNECTION_WINDOW = 16 * INITIAL_WINDOW
 # Header blocks past our advertised limit get a per-stream 431; far past it (an HPACK
 # bomb) h2 ends the connection.
 HPACK_CEILING = 1 << 20
@@ -176,6 +178,9 @@ class H2Server(asyncio.Protocol):
         }
         self.conn.local_settings = h2.settings.Settings(client=False, initial_values=advertised)
         self.conn.initiate_connection()
+        # The connection window starts at 64 KiB whatever SETTINGS say: open it as wide
+        # as the streams' windows together, or many concurrent uploads queue behind it.
+        self.conn.increment_flow_control_window(CONNECTION_WINDOW)
         # h2 enforces its local settings as connection errors, which would kill every
         # stream of a client that is merely one over: advertise the limits above, but let
         # h2 enforce only ceilings far past them, and refuse the excess per stream.

@@ -229,3 +229,13 @@ def test_drain_lets_live_streams_finish_refuses_new_ones_then_goaway(sim: SimSer
     assert client.goaway == (late, ErrorCodes.NO_ERROR)
     direct = raw_stream(sim.url, headers={"x-sim-script": json.dumps(gap)})[2]
     assert client.data[live].replace(KEEPALIVE, b"") == direct
+
+
+def test_connection_window_fits_many_uploads_at_once(relay: RelayProcess) -> None:
+    client = RawH2Client(relay.port)
+    try:
+        client.pump_until(lambda: client.conn.outbound_flow_control_window > 65_535)
+        window = client.conn.outbound_flow_control_window
+    finally:
+        client.close()
+    assert window >= 16 * client.conn.remote_settings.initial_window_size
