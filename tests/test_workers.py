@@ -238,3 +238,39 @@ def test_tls_and_http3_listeners_are_shared_too(
 
         for relayed in asyncio.run(h3_streams()):
             assert relayed.replace(KEEPALIVE, b"") == direct
+
+
+def _two_free_ports() -> int:
+    """A port P such that P and P + 1 were both free a moment ago."""
+    for _ in range(50):
+        with socket.socket() as first, socket.socket() as second:
+            first.bind(("127.0.0.1", 0))
+            port: int = first.getsockname()[1]
+            try:
+                second.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no two adjacent free ports")
+
+
+def test_each_worker_has_its_own_admin_port(sim: SimServer) -> None:
+    port = _two_free_ports()
+    with RelayProcess(sim.url, "--workers", "2", admin=f"127.0.0.1:{port}") as relay:
+        pids = set()
+        for admin in (port, port + 1):
+            health = httpx2.get(f"http://127.0.0.1:{admin}/healthz", timeout=5)
+            assert health.status_code == 200
+            pids.add(_admin_owner(list(_workers(relay).values()), admin))
+    assert len(pids) == 2 and None not in pids
+
+
+def _admin_owner(pids: list[int], port: int) -> int | None:
+    """The worker pid listening on `port`."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+            for pid in pids:
+                if fields[9] in _socket_inodes(pid):
+                    return pid
+    return None
