@@ -131,6 +131,22 @@ def render_error_body(error_type: str, message: str) -> bytes:
     return json.dumps(payload, separators=(",", ":")).encode()
 
 
+def error_response(error: RelayError, request_id: str) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """Headers and body of the relay's own answer for `error`, in the API's shape."""
+    body = render_error_body(error.error_type, error.message)
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"request-id", request_id.encode()),
+        (b"x-should-retry", b"true" if error.retryable else b"false"),
+    ]
+    if error.retry_after is not None:
+        headers.append((b"retry-after", str(error.retry_after).encode()))
+    if error.close_connection:
+        headers.append((b"connection", b"close"))
+    return headers, body
+
+
 def error_frame(error_type: str, message: str) -> bytes:
     """An SSE `event: error` frame, exactly as the API sends one mid-stream."""
     return b"event: error\ndata: " + render_error_body(error_type, message) + b"\n\n"

@@ -19,8 +19,8 @@ from relay.errors import (
     HeadersTooLarge,
     HeaderTimeout,
     RelayError,
+    error_response,
     new_request_id,
-    render_error_body,
 )
 from relay.exchange import Headers, RequestHead
 from relay.headers import header_value
@@ -206,18 +206,12 @@ class Http1Server(asyncio.Protocol):
         if self._transport is None:
             return
         if self._h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-            body = render_error_body(error.error_type, error.message)
-            self._transport.write(
-                b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
-                b"request-id: %s\r\nx-should-retry: false\r\nconnection: close\r\n\r\n%s"
-                % (
-                    error.status,
-                    _REASONS.get(error.status, b""),
-                    len(body),
-                    new_request_id().encode(),
-                    body,
-                )
-            )
+            headers, body = error_response(error, new_request_id())
+            if self._context.alt_svc is not None:
+                headers.append((b"alt-svc", self._context.alt_svc))
+            head = b"HTTP/1.1 %d %s\r\n" % (error.status, _REASONS.get(error.status, b""))
+            fields = b"".join(b"%s: %s\r\n" % field for field in headers)
+            self._transport.write(head + fields + b"\r\n" + body)
         self._close_lingering()
 
     def _close_lingering(self) -> None:

@@ -21,8 +21,8 @@ from relay.errors import (
     RelayError,
     UpstreamLost,
     UpstreamTimeout,
+    error_response,
     new_request_id,
-    render_error_body,
 )
 from relay.exchange import (
     ClientSide,
@@ -393,17 +393,7 @@ class RelayStream:
             self._client.abort()
 
     def _send_error_response(self, error: RelayError) -> None:
-        body = render_error_body(error.error_type, error.message)
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"request-id", (self._request_id or new_request_id()).encode()),
-            (b"x-should-retry", b"true" if error.retryable else b"false"),
-        ]
-        if error.retry_after is not None:
-            headers.append((b"retry-after", str(error.retry_after).encode()))
-        if error.close_connection:
-            headers.append((b"connection", b"close"))
+        headers, body = error_response(error, self._request_id or new_request_id())
         self._head_sent = True
         self._client.send_head(error.status, headers)
         self._client.send_body(body)
