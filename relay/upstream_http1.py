@@ -1,4 +1,8 @@
-"""One HTTP/1.1 connection to upstream: h11 client over a raw asyncio Protocol."""
+"""One HTTP/1.1 connection to upstream: h11 client over a raw asyncio Protocol.
+
+h11 writes requests and parses response heads; response bodies bypass it (see
+`relay.body_decoder`), because they are the hot path.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from typing import TYPE_CHECKING, cast
 
 import h11
 
+from relay.body_decoder import BodyDecoder, BodyFramingError, body_decoder
 from relay.errors import RelayError, UpstreamLost, UpstreamUnavailable
 from relay.exchange import Headers, ResponseSink
 
@@ -22,15 +27,22 @@ def upstream_failure(message: str, *, head_seen: bool) -> RelayError:
     return UpstreamLost(message) if head_seen else UpstreamUnavailable(message)
 
 
+def _client_connection() -> h11.Connection:
+    return h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_RESPONSE_HEAD)
+
+
 class Http1Upstream(asyncio.Protocol):
     """A keep-alive HTTP/1.1 connection carrying one exchange at a time."""
 
     def __init__(self, pool: UpstreamPool) -> None:
         self._pool = pool
-        self._h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_RESPONSE_HEAD)
+        self._h11 = _client_connection()
         self._transport: asyncio.Transport | None = None
         self._sink: ResponseSink | None = None
+        self._method = b""
         self._head_seen = False
+        # Set from the response head to the end of its body, which it decodes instead of h11.
+        self._body: BodyDecoder | None = None
         self.closed = False
 
     # -- asyncio.Protocol -------------------------------------------------------------
@@ -40,13 +52,35 @@ class Http1Upstream(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
-        self._h11.receive_data(data)
-        self._drain_events()
+        body = self._body
+        if body is None:
+            self._h11.receive_data(data)
+            self._drain_events()
+            return
+        try:
+            complete = body.feed(data)
+        except BodyFramingError as exc:
+            self._fail(f"upstream {self._pool.url} broke HTTP/1.1: {exc}")
+            return
+        if complete:
+            self._body = None
+            # Bytes past the response's end were never asked for: a broken upstream.
+            self._end_exchange(reusable=not body.trailing)
 
     def eof_received(self) -> bool:
-        # Lets h11 end a close-delimited body, or notice a truncated one.
-        self._h11.receive_data(b"")
-        self._drain_events()
+        body = self._body
+        if body is None:
+            # Lets h11 notice a response cut off in its head.
+            self._h11.receive_data(b"")
+            self._drain_events()
+            return False
+        try:
+            body.feed_eof()  # ends a close-delimited body, or finds a truncated one
+        except BodyFramingError as exc:
+            self._fail(f"upstream {self._pool.url} broke HTTP/1.1: {exc}")
+            return False
+        self._body = None
+        self._end_exchange(reusable=False)
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -75,6 +109,7 @@ class Http1Upstream(asyncio.Protocol):
         """Send a request head; the connection itself is the exchange."""
         assert self._transport is not None
         self._sink = sink
+        self._method = method
         self._head_seen = False
         if has_body and all(name != b"content-length" for name, _ in headers):
             # A body of unknown length (HTTP/2, or chunked from the client): h11 would
@@ -122,17 +157,10 @@ class Http1Upstream(asyncio.Protocol):
             except h11.RemoteProtocolError as exc:
                 self._fail(f"upstream {self._pool.url} broke HTTP/1.1: {exc}")
                 return
-            if isinstance(event, h11.Data):
-                if self._sink is not None:
-                    self._sink.on_response_body(event.data)
-            elif isinstance(event, h11.Response):
-                self._head_seen = True
-                if self._sink is not None:
-                    self._sink.on_response_head(event.status_code, list(event.headers))
-            elif isinstance(event, h11.EndOfMessage):
-                self._end_exchange()
+            if isinstance(event, h11.Response):
+                self._on_head(event)
                 return
-            elif (
+            if (
                 event is h11.NEED_DATA
                 or event is h11.PAUSED
                 or isinstance(event, h11.ConnectionClosed)
@@ -140,13 +168,37 @@ class Http1Upstream(asyncio.Protocol):
                 return
             # InformationalResponse (100 Continue and the like) is not relayed.
 
-    def _end_exchange(self) -> None:
+    def _on_head(self, response: h11.Response) -> None:
+        self._head_seen = True
+        if self._sink is not None:
+            self._sink.on_response_head(response.status_code, list(response.headers))
+        if self.closed or self._h11.their_state is not h11.SEND_BODY:
+            return  # aborted by the sink, or (CONNECT) not a response h11 frames
+        # Body bytes that came with the head are still in h11's buffer.
+        rest = self._h11.trailing_data[0]
+        body = body_decoder(self._method, response.status_code, response.headers, self._deliver)
+        if body is None:
+            self._end_exchange(reusable=not rest)
+            return
+        self._body = body
+        if rest:
+            self.data_received(rest)
+
+    def _deliver(self, data: bytes) -> None:
+        # The sink may abort us between two chunks of one read: the rest is dropped.
+        if self._sink is not None:
+            self._sink.on_response_body(data)
+
+    def _end_exchange(self, *, reusable: bool) -> None:
         sink, self._sink = self._sink, None
         if sink is not None:
             sink.on_response_end()
-        conn = self._h11
-        if conn.our_state is h11.DONE and conn.their_state is h11.DONE and not self.closed:
-            conn.start_next_cycle()
+        # h11 saw the head, so a `connection: close` or HTTP/1.0 answer has already
+        # made our state MUST_CLOSE; DONE means our request went out whole, keep-alive.
+        if reusable and self._h11.our_state is h11.DONE and not self.closed:
+            # h11 never saw the body, so it still waits for the body's end: a fresh h11
+            # connection (cheap) starts the next exchange, as start_next_cycle() would.
+            self._h11 = _client_connection()
             # The last chunk may have arrived while the client asked for a pause: the
             # connection goes back to the pool readable, or its next exchange hangs.
             self.resume_reading()

@@ -1,0 +1,247 @@
+"""HTTP/1.1 response bodies, decoded without h11 (RFC 9112 sections 6 and 7.1).
+
+Sans-IO: a decoder is fed bytes as they arrive and hands each piece of body to a
+`deliver` callable; `feed` returns True on the call that completes the message. h11
+parses the response head; once it has, the body bypasses it, because h11's per-chunk
+event machinery was close to half of the relay's CPU. The common case, one whole
+chunk per read, costs one `find`, one `int`, and the payload slice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Protocol
+
+#: A chunk-size line (size, extensions, CRLF) or trailer line longer than this is
+#: broken framing, not something to buffer.
+MAX_LINE = 4096
+#: The whole trailer section, which the relay reads and discards.
+MAX_TRAILER = 64 * 1024
+#: As h11: a chunk size of more hex digits than this is an attack, not a body.
+MAX_SIZE_DIGITS = 20
+
+_HEX = b"0123456789abcdefABCDEF"
+_OWS = b" \t"
+_NO_BODY_STATUS = frozenset({204, 304})
+
+Deliver = Callable[[bytes], None]
+
+
+class BodyFramingError(Exception):
+    """Upstream framed a response body wrongly; the connection cannot be trusted."""
+
+
+class BodyDecoder(Protocol):
+    """One response body being decoded."""
+
+    #: Bytes received after the end of the message (complete decoders only).
+    trailing: bytes
+
+    def feed(self, data: bytes) -> bool:
+        """Deliver the body bytes in `data`; True on the call that ends the message."""
+        ...
+
+    def feed_eof(self) -> None:
+        """Upstream closed: ends a close-delimited body, else raises BodyFramingError."""
+        ...
+
+
+def body_decoder(
+    method: bytes, status: int, headers: Iterable[tuple[bytes, bytes]], deliver: Deliver
+) -> BodyDecoder | None:
+    """The decoder for a response's body, or None when no body follows the head.
+
+    RFC 9112 section 6.3 as h11 applies it; `headers` are the ones h11 parsed (names
+    lower-case, Transfer-Encoding only ever `chunked`, Content-Length validated).
+    """
+    if method == b"HEAD" or status in _NO_BODY_STATUS:
+        return None
+    length = None
+    for name, value in headers:
+        if name == b"transfer-encoding":
+            return ChunkedDecoder(deliver)
+        if name == b"content-length":
+            length = int(value)
+    if length is None:
+        return CloseDelimitedDecoder(deliver)
+    return ContentLengthDecoder(length, deliver) if length else None
+
+
+class ContentLengthDecoder:
+    """A body of `content-length` bytes."""
+
+    __slots__ = ("_deliver", "_remaining", "trailing")
+
+    def __init__(self, length: int, deliver: Deliver) -> None:
+        assert length > 0
+        self._deliver = deliver
+        self._remaining = length
+        self.trailing = b""
+
+    def feed(self, data: bytes) -> bool:
+        remaining = self._remaining
+        if not remaining:
+            self.trailing += data
+            return False
+        size = len(data)
+        if size < remaining:
+            self._remaining = remaining - size
+            if size:
+                self._deliver(data)
+            return False
+        self._remaining = 0
+        self._deliver(data if size == remaining else data[:remaining])
+        self.trailing = data[remaining:]
+        return True
+
+    def feed_eof(self) -> None:
+        if self._remaining:
+            raise BodyFramingError(
+                f"upstream closed with {self._remaining} bytes of the body still to come"
+            )
+
+
+class CloseDelimitedDecoder:
+    """A body without framing headers: it ends when upstream closes the connection."""
+
+    __slots__ = ("_deliver", "trailing")
+
+    def __init__(self, deliver: Deliver) -> None:
+        self._deliver = deliver
+        self.trailing = b""
+
+    def feed(self, data: bytes) -> bool:
+        if data:
+            self._deliver(data)
+        return False
+
+    def feed_eof(self) -> None:
+        """EOF is this body's end: nothing is missing."""
+
+
+# ChunkedDecoder states: what the next bytes are.
+_SIZE, _DATA, _DATA_END, _TRAILER, _DONE = range(5)
+
+
+class ChunkedDecoder:
+    """A `transfer-encoding: chunked` body (RFC 9112 section 7.1).
+
+    Chunk data is delivered as it arrives, never buffered; only an incomplete size
+    line, trailer line or data CRLF is kept for the next read (at most MAX_LINE).
+    Chunk extensions and trailer fields are read and discarded.
+    """
+
+    __slots__ = ("_deliver", "_remaining", "_state", "_tail", "_trailer_left", "trailing")
+
+    def __init__(self, deliver: Deliver) -> None:
+        self._deliver = deliver
+        self._state = _SIZE
+        self._remaining = 0  # of the current chunk's data
+        self._tail = b""  # an incomplete line (or CR) from the previous read
+        self._trailer_left = MAX_TRAILER
+        self.trailing = b""
+
+    def feed(self, data: bytes) -> bool:
+        if self._state == _SIZE and not self._tail:
+            # The common case, one whole chunk per read (one SSE event per upstream
+            # write): one find, one int, one slice, no loop.
+            eol = data.find(b"\r\n", 0, MAX_SIZE_DIGITS + 2)
+            if eol > 0:
+                line = data[:eol]
+                if not line.lstrip(_HEX):
+                    start = eol + 2
+                    stop = start + int(line, 16)
+                    if stop > start and len(data) == stop + 2 and data.startswith(b"\r\n", stop):
+                        self._deliver(data[start:stop])
+                        return False
+        return self._feed_any(data)
+
+    def _feed_any(self, data: bytes) -> bool:
+        """Any bytes in any state: split chunks, several per read, the last chunk."""
+        state = self._state
+        if state == _DONE:
+            self.trailing += data
+            return False
+        if self._tail:
+            # Rare (a read split a size line): joining copies this read once.
+            data = self._tail + data
+            self._tail = b""
+        pos = 0
+        end = len(data)
+        while pos < end:
+            if state == _SIZE:
+                eol = data.find(b"\r\n", pos, pos + MAX_LINE)
+                if eol < 0:
+                    self._keep_line(data, pos, "chunk-size line")
+                    break
+                size = _chunk_size(data[pos:eol])
+                pos = eol + 2
+                if size:
+                    self._remaining = size
+                    state = _DATA
+                else:
+                    state = _TRAILER
+            elif state == _DATA:
+                stop = pos + self._remaining
+                if stop <= end:
+                    self._deliver(data[pos:stop])
+                    pos = stop
+                    state = _DATA_END
+                else:
+                    # Part of a chunk: deliver it now (no copy for a mid-chunk read).
+                    self._deliver(data[pos:] if pos else data)
+                    self._remaining = stop - end
+                    pos = end
+            elif state == _DATA_END:
+                if data.startswith(b"\r\n", pos):
+                    pos += 2
+                    state = _SIZE
+                elif data[pos:] == b"\r":
+                    self._tail = b"\r"
+                    pos = end
+                else:
+                    raise BodyFramingError(
+                        f"chunk data not followed by CRLF: {data[pos : pos + 2]!r}"
+                    )
+            elif state == _TRAILER:
+                eol = data.find(b"\r\n", pos, pos + MAX_LINE)
+                if eol < 0:
+                    self._keep_line(data, pos, "trailer line")
+                    break
+                self._trailer_left -= eol + 2 - pos
+                if self._trailer_left < 0:
+                    raise BodyFramingError(f"trailer section longer than {MAX_TRAILER} bytes")
+                if eol == pos:
+                    pos += 2
+                    state = _DONE
+                    break
+                if data.find(b":", pos, eol) < 0:
+                    raise BodyFramingError(f"malformed trailer field: {data[pos:eol]!r}")
+                pos = eol + 2
+        self._state = state
+        if state == _DONE:
+            self.trailing = data[pos:]
+            return True
+        return False
+
+    def feed_eof(self) -> None:
+        if self._state != _DONE:
+            raise BodyFramingError("upstream closed in the middle of a chunked body")
+
+    def _keep_line(self, data: bytes, pos: int, what: str) -> None:
+        if len(data) - pos >= MAX_LINE:
+            raise BodyFramingError(f"{what} longer than {MAX_LINE} bytes")
+        self._tail = data[pos:]
+
+
+def _chunk_size(line: bytes) -> int:
+    """The size on a chunk-size line (CRLF removed): hex digits, then optional
+    `;extensions` or trailing whitespace (which h11 tolerates too)."""
+    rest = line.lstrip(_HEX)
+    digits = len(line) - len(rest)
+    if not 0 < digits <= MAX_SIZE_DIGITS or (
+        rest and rest[0] != 0x3B and rest.strip(_OWS)  # 0x3B: ";"
+    ):
+        raise BodyFramingError(f"malformed chunk-size line: {line[:64]!r}")
+    # int() alone would also take "0x1f", "+1f", "1_f" and spaces: hence the checks.
+    return int(line[:digits] if rest else line, 16)
