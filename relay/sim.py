@@ -115,7 +115,13 @@ class Http1Connection(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        midstream = self._responder is not None and not self._closed_by_us
+        # The response may be complete while its task's done-callback is still queued:
+        # h11's state, not the task, says whether the peer left mid-response.
+        midstream = (
+            self._responder is not None
+            and not self._closed_by_us
+            and self._h11.our_state is not h11.DONE
+        )
         noticed = self._peer_left_at or time.monotonic()
         self._state.record_close(noticed, midstream, self._number)
         self._state.live.discard(self)
