@@ -39,6 +39,8 @@ def main() -> int:
             f"http://127.0.0.1:{sim_port}",
             "--keepalive-interval",
             str(KEEPALIVE),
+            "--admin-listen",
+            "off",  # a demo must not collide with a relay already on the admin port
         ]
     )
     body = {
