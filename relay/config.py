@@ -90,6 +90,9 @@ def parse_upstream(value: str) -> UpstreamTarget:
         raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
     if parts.query or parts.fragment:
         raise ValueError(f"a base URL takes no query or fragment, got {value!r}")
+    if parts.username is not None or parts.password is not None:
+        # The URL shows up in logs, error bodies and the ready line; a secret must not.
+        raise ValueError("a base URL takes no user:password@ (send credentials as headers)")
     tls = parts.scheme == "https"
     port = parts.port or (443 if tls else 80)
     return UpstreamTarget(value, tls, parts.hostname, port, parts.path.rstrip("/"))

@@ -283,6 +283,9 @@ class Http1Server(asyncio.Protocol):
         self._write(self._h11.send(h11.EndOfMessage()))
         if self._h11.their_state is h11.SEND_BODY and self._h11.our_state is h11.DONE:
             # Answered before the request body was read: discard the rest, then reuse.
+            # Reading may have been paused for a congested upstream that is gone now.
+            if self._transport is not None:
+                self._transport.resume_reading()
             return
         self._maybe_next_cycle()
 

@@ -168,16 +168,17 @@ class Supervisor:
             self._stop(signal.SIGTERM)
         watchers = [asyncio.create_task(self._watch(slot)) for slot in self._slots]
         await self._stopping.wait()
-        try:
-            async with asyncio.timeout(self._drain_timeout + STOP_GRACE):
-                clean = await asyncio.gather(*watchers)
-        except TimeoutError:
+        # asyncio.wait, unlike a timeout around gather, leaves the watchers running, so
+        # the ones of killed workers still reap them below.
+        _, late = await asyncio.wait(watchers, timeout=self._drain_timeout + STOP_GRACE)
+        if late:
             for slot in self._slots:
                 if slot.process is not None and slot.process.returncode is None:
                     log.error("worker %d (pid %d) did not stop; killing it", *self._who(slot))
                     slot.process.kill()
             await asyncio.gather(*watchers)
             return 1
+        clean = [watcher.result() for watcher in watchers]
         log.info("all workers stopped")
         return 0 if all(clean) and not failed else 1
 

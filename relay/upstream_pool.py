@@ -187,7 +187,8 @@ class UpstreamPool:
             ) from None
         self.connections_opened += 1
         self._speaks_h2 = isinstance(connection, H2Upstream)
-        if isinstance(connection, H2Upstream):
+        if isinstance(connection, H2Upstream) and not connection.draining:
+            # (A GOAWAY may have come with upstream's first SETTINGS.)
             self._multiplexed.append(connection)
         return connection
 

@@ -65,6 +65,12 @@ def test_bad_values_name_the_setting(argv: list[str], env: dict[str, str], named
         _load(argv, env)
 
 
+def test_credentials_in_an_upstream_url_are_refused_without_echoing_them() -> None:
+    with pytest.raises(ConfigError, match="--upstream") as caught:
+        _load(["--upstream", "https://user:s3cret@api.example"], {})
+    assert "s3cret" not in str(caught.value)
+
+
 def test_cli_exits_2_on_bad_value_and_reports_scanner_in_version() -> None:
     bad = run_cli(["--keepalive-interval", "soon"])
     assert bad.returncode == 2 and "--keepalive-interval" in bad.stderr

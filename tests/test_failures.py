@@ -372,3 +372,61 @@ def test_httpx2_sees_a_clean_end_not_a_transport_error(relay: RelayProcess) -> N
     ):
         data = b"".join(response.iter_raw())
     assert data.endswith(b"\n\n") and b"event: error" in data
+
+
+class AnswersBeforeTheBody:
+    """An upstream that reads only the request head, waits, then answers 413 and stops."""
+
+    def __init__(self) -> None:
+        self._server = socket.socket()
+        # A small receive window (accepted sockets inherit it), so the relay's send
+        # buffer fills and it pauses reading the client, as a busy upstream makes it do.
+        self._server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        self._server.bind(("127.0.0.1", 0))
+        self._server.listen()
+        self.url = f"http://127.0.0.1:{self._server.getsockname()[1]}"
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = self._server.accept()
+                threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with contextlib.suppress(OSError), conn:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += conn.recv(1)
+            time.sleep(0.7)  # meanwhile the relay's buffer towards us fills and pauses
+            conn.sendall(
+                b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 2\r\n"
+                b"connection: close\r\n\r\nno"
+            )
+            conn.shutdown(socket.SHUT_WR)
+            time.sleep(30)  # never reading the rest of the body
+
+    def close(self) -> None:
+        self._server.close()
+
+
+def test_an_answer_before_the_body_leaves_the_client_connection_usable() -> None:
+    upstream = AnswersBeforeTheBody()
+    size = 30 * 1024 * 1024
+    try:
+        with (
+            RelayProcess(upstream.url, keepalive=KA) as relay,
+            socket.create_connection(("127.0.0.1", relay.port), timeout=10) as sock,
+        ):
+            sock.sendall(b"POST /v1/x HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n" % size)
+            chunk = b"a" * 65536
+            for _ in range(size // len(chunk)):
+                sock.sendall(chunk)  # times out if the relay stops reading
+            sock.sendall(b"GET /v1/models HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            answers = b""
+            while data := sock.recv(65536):
+                answers += data
+    finally:
+        upstream.close()
+    assert answers.startswith(b"HTTP/1.1 413 ")
+    assert answers.count(b"HTTP/1.1 ") == 2
