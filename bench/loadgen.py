@@ -14,14 +14,14 @@ import contextlib
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 import uvloop
 
-from bench.client_h3 import h3_connect
+from bench.client_h3 import H3ClientConnection, h3_connect
 from bench.clients import H1Stream, H2cConnection
 from bench.collector import RunTally, StreamTally
 from bench.proc_stats import cpu_seconds, rss_kib
@@ -167,56 +167,63 @@ async def _open_h2c(
     spec: LoadSpec, host: str, port: int, path: bytes, tally: RunTally, progress: _Progress
 ) -> _Opened:
     loop = asyncio.get_running_loop()
-    authority = f"{host}:{port}".encode()
-    count = math.ceil(spec.streams / spec.streams_per_connection)
     connections: list[H2cConnection] = []
-    for _ in range(count):
+    for _ in range(math.ceil(spec.streams / spec.streams_per_connection)):
         _, connection = await loop.create_connection(H2cConnection, host, port)
         await asyncio.wait_for(connection.ready, 10)
         connections.append(connection)
-    started = time.monotonic()
-    for index in range(spec.streams):
-        if index % OPEN_BATCH == 0:
-            for connection in connections:
-                connection.flush()
-            await _spread(spec, started, index)
-        connections[index % count].open(
-            path,
-            authority,
-            BODY,
-            StreamTally(tally, time.monotonic_ns()),
-            lambda error: progress.stream_done(spec.streams, error),
-        )
-    for connection in connections:
-        connection.flush()
-
-    def first_bytes() -> list[int]:
-        return [ns for c in connections for ns in c.first_byte_ns.values()]
-
-    return _Opened(first_bytes, [c.close for c in connections])
+    return await _open_multiplexed(
+        spec,
+        connections,
+        [c.flush for c in connections],
+        f"{host}:{port}".encode(),
+        path,
+        tally,
+        progress,
+    )
 
 
 async def _open_h3(
     spec: LoadSpec, host: str, port: int, path: bytes, tally: RunTally, progress: _Progress
 ) -> _Opened:
-    authority = f"localhost:{port}".encode()
     count = math.ceil(spec.streams / spec.streams_per_connection)
     connections = [await h3_connect(host, port, spec.ca_file) for _ in range(count)]
+    return await _open_multiplexed(
+        spec,
+        connections,
+        [c.transmit for c in connections],
+        f"localhost:{port}".encode(),
+        path,
+        tally,
+        progress,
+    )
+
+
+async def _open_multiplexed(
+    spec: LoadSpec,
+    connections: Sequence[H2cConnection] | Sequence[H3ClientConnection],
+    flushes: list[Callable[[], None]],
+    authority: bytes,
+    path: bytes,
+    tally: RunTally,
+    progress: _Progress,
+) -> _Opened:
+    """Open the streams round robin over h2c or HTTP/3 connections, in paced batches."""
     started = time.monotonic()
     for index in range(spec.streams):
         if index % OPEN_BATCH == 0:
-            for connection in connections:
-                connection.transmit()
+            for flush in flushes:
+                flush()
             await _spread(spec, started, index)
-        connections[index % count].open(
+        connections[index % len(connections)].open(
             path,
             authority,
             BODY,
             StreamTally(tally, time.monotonic_ns()),
             lambda error: progress.stream_done(spec.streams, error),
         )
-    for connection in connections:
-        connection.transmit()
+    for flush in flushes:
+        flush()
 
     def first_bytes() -> list[int]:
         return [ns for c in connections for ns in c.first_byte_ns.values()]
