@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import socket
-from typing import Any
+import threading
+from typing import TYPE_CHECKING, Any
 
 import anthropic
 import httpx2
+
+if TYPE_CHECKING:
+    from tests.relayproc import RelayProcess
+    from tests.simserver import SimServer
 
 KEEPALIVE = b": keepalive\n\n"
 PING = b'event: ping\ndata: {"type": "ping"}\n\n'
@@ -85,3 +91,25 @@ def closed_port() -> int:
     port: int = probe.getsockname()[1]
     probe.close()
     return port
+
+
+def sigterm_during_streams(
+    relay: RelayProcess, sim: SimServer, scripts: list[dict[str, str]]
+) -> tuple[int, list[bytes]]:
+    """Streams one request per script header set, sends SIGTERM once upstream has them
+    all, and returns the relay's exit code and each response's raw bytes."""
+    results: list[bytes] = [b""] * len(scripts)
+
+    def run(index: int) -> None:
+        results[index] = raw_stream(relay.url, headers=scripts[index])[2]
+
+    before = len(sim.requests)
+    clients = [threading.Thread(target=run, args=(i,)) for i in range(len(scripts))]
+    for client in clients:
+        client.start()
+    sim.wait_for(lambda: len(sim.requests) - before >= len(scripts), timeout=10)
+    relay.proc.send_signal(signal.SIGTERM)
+    code = relay.proc.wait(15)
+    for client in clients:
+        client.join(10)
+    return code, results

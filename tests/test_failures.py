@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import signal
 import socket
 import threading
 import time
@@ -25,6 +24,7 @@ from tests.clients import (
     raw_stream,
     script,
     sdk_stream,
+    sigterm_during_streams,
     single_error_frame,
 )
 from tests.relayproc import RelayProcess
@@ -333,23 +333,9 @@ def test_stream_limit_answers_503_with_retry_after(sim: SimServer) -> None:
 
 
 def test_sigterm_drains_short_streams_and_ends_long_ones(sim: SimServer) -> None:
-    results: dict[int, bytes] = {}
+    short, long = script(gaps=[[2, 0.5]]), script(gaps=[[2, 8.0]])
     with RelayProcess(sim.url, "--drain-timeout", "2", keepalive=KA) as relay:
-
-        def run(index: int, gap: float) -> None:
-            results[index] = raw_stream(relay.url, headers=script(gaps=[[2, gap]]))[2]
-
-        before = len(sim.requests)
-        workers = [
-            threading.Thread(target=run, args=(i, 0.5 if i < 10 else 8.0)) for i in range(20)
-        ]
-        for worker in workers:
-            worker.start()
-        sim.wait_for(lambda: len(sim.requests) - before >= 20, timeout=10)
-        relay.proc.send_signal(signal.SIGTERM)
-        code = relay.proc.wait(15)
-        for worker in workers:
-            worker.join(10)
+        code, results = sigterm_during_streams(relay, sim, [short] * 10 + [long] * 10)
     assert code == 0
     for index in range(10):
         assert b"event: message_stop" in results[index]

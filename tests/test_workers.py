@@ -21,7 +21,14 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from tests.clients import KEEPALIVE, MESSAGE_PARAMS, raw_http, raw_stream, script
+from tests.clients import (
+    KEEPALIVE,
+    MESSAGE_PARAMS,
+    raw_http,
+    raw_stream,
+    script,
+    sigterm_during_streams,
+)
 from tests.h3client import h3_connect
 from tests.relayproc import RelayProcess, run_cli
 from tests.simserver import SimServer
@@ -155,21 +162,8 @@ def _relay_through(pid: int, pids: list[int], port: int) -> bytes:
 def test_sigterm_drains_live_streams_and_exits_0(sim: SimServer, workers: str) -> None:
     short, long = script(gaps=[[2, 0.5]]), script(gaps=[[2, 8.0]])
     direct = raw_stream(sim.url, headers=short)[2]
-    results: dict[int, bytes] = {}
     with RelayProcess(sim.url, "--workers", workers, "--drain-timeout", "5") as relay:
-
-        def run(index: int) -> None:
-            results[index] = raw_stream(relay.url, headers=short if index < 15 else long)[2]
-
-        before = len(sim.requests)
-        clients = [threading.Thread(target=run, args=(i,)) for i in range(20)]
-        for client in clients:
-            client.start()
-        sim.wait_for(lambda: len(sim.requests) - before >= 20, timeout=10)
-        relay.proc.send_signal(signal.SIGTERM)
-        code = relay.proc.wait(15)
-        for client in clients:
-            client.join(10)
+        code, results = sigterm_during_streams(relay, sim, [short] * 15 + [long] * 5)
     assert code == 0
     for index in range(15):
         assert results[index].replace(KEEPALIVE, b"") == direct
