@@ -97,10 +97,19 @@ def log_stream(record: StreamRecord) -> None:
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per record: time, level, logger, message (+ stream fields, exc)."""
+    """One JSON object per record: time, level, logger, message (+ stream fields, exc).
+
+    As one of several processes (--workers), each line leads with `"worker"`: its id, or
+    "supervisor".
+    """
+
+    def __init__(self, worker: int | str | None = None) -> None:
+        super().__init__()
+        self._worker = worker
 
     def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
+        entry: dict[str, Any] = {} if self._worker is None else {"worker": self._worker}
+        entry |= {
             "time": datetime.fromtimestamp(record.created, UTC)
             .isoformat(timespec="milliseconds")
             .replace("+00:00", "Z"),
@@ -119,10 +128,10 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
-def configure_logging(level: int = logging.INFO) -> None:
+def configure_logging(worker: int | str | None = None, level: int = logging.INFO) -> None:
     """Send every log record of the process, libraries' included, to stderr as JSON."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
+    handler.setFormatter(JsonFormatter(worker))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -18,7 +18,7 @@ from relay.listener import FirstBytesProtocol
 from relay.quic_listener import QuicListener
 from relay.relay_context import RelayContext
 from relay.sse_scanner import IMPLEMENTATION
-from relay.worker import tag_logs, watch_supervisor
+from relay.worker import watch_supervisor
 
 log = logging.getLogger("sse_relay")
 
@@ -101,20 +101,13 @@ async def _tls_listeners(
         return server, quic
 
 
-def setup_logging(worker: int | str | None = None) -> None:
-    """Log to stderr; as one of several processes, each line names which (`worker=N`)."""
-    configure_logging()  # one JSON object per line
-    if worker is not None:
-        tag_logs(worker)
-
-
 async def serve(config: RelayConfig, worker_id: int | None = None) -> None:
     """Accept clients until SIGTERM or SIGINT.
 
     As worker `worker_id` of a supervisor (--workers), every listener shares its port
     with the other workers (SO_REUSEPORT), and the supervisor's exit drains too.
     """
-    setup_logging(worker_id)
+    configure_logging(worker_id)  # one JSON object per line
     reuse_port = worker_id is not None
     _raise_file_limit()
     loop = asyncio.get_running_loop()

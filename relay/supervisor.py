@@ -27,8 +27,8 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from relay.access_log import configure_logging
 from relay.config import RelayConfig
-from relay.server import setup_logging
 from relay.worker import WORKER_ENV
 
 log = logging.getLogger("sse_relay")
@@ -48,7 +48,7 @@ _PORT_PAIR_ATTEMPTS = 5
 
 def supervise(config: RelayConfig, argv: Sequence[str]) -> int:
     """Run `config.workers` workers until SIGTERM/SIGINT; the process exit code."""
-    setup_logging("supervisor")
+    configure_logging("supervisor")
     try:
         reserved, pinned = _reserve_ports(config)
     except OSError as exc:

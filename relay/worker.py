@@ -1,14 +1,13 @@
 """What a relay process does differently as one of `--workers N` (see relay.supervisor).
 
-A worker is told its id by `SSE_RELAY_WORKER_ID`, names itself in every log line, and
-drains when its supervisor goes away, however that happens.
+A worker is told its id by `SSE_RELAY_WORKER_ID` (its log lines carry it, see
+relay.access_log.JsonFormatter) and drains when its supervisor goes away, however
+that happens.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import logging
 import os
 import stat
 import sys
@@ -28,35 +27,6 @@ def worker_id_from_env(environ: Mapping[str, str] = os.environ) -> int | None:
     if not raw.isdigit() or int(raw) < 1:
         raise ConfigError(f"{WORKER_ENV}: expected a worker id from 1, got {raw!r}")
     return int(raw)
-
-
-class _Tagged(logging.Formatter):
-    """Wraps a handler's formatter so each line names its process.
-
-    Whatever the format: a JSON object line gets a leading `"worker"` field, any other
-    line a `worker=N ` prefix. The record also carries `worker`, for formatters that
-    want it as a field of their own.
-    """
-
-    def __init__(self, inner: logging.Formatter, worker: int | str) -> None:
-        super().__init__()
-        self._inner = inner
-        self._worker = worker
-        self._text = f"worker={worker} "
-        self._json = '{"worker": ' + json.dumps(worker) + ", "
-
-    def format(self, record: logging.LogRecord) -> str:
-        record.worker = self._worker
-        line = self._inner.format(record)
-        if line.startswith("{") and line.endswith("}") and len(line) > 2:
-            return self._json + line[1:]
-        return self._text + line
-
-
-def tag_logs(worker: int | str) -> None:
-    """Make every line the root logger's handlers write name `worker`."""
-    for handler in logging.getLogger().handlers:
-        handler.setFormatter(_Tagged(handler.formatter or logging.Formatter(), worker))
 
 
 async def watch_supervisor(on_gone: Callable[[], None]) -> None:
