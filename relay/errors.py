@@ -120,6 +120,12 @@ class Overloaded(RelayError):
     retry_after = 1
 
 
+def upstream_failure(message: str, *, head_seen: bool) -> RelayError:
+    """How an upstream failure reaches the core, for HTTP/1.1 and HTTP/2 alike: free to
+    retry until a response head arrived."""
+    return UpstreamLost(message) if head_seen else UpstreamUnavailable(message)
+
+
 def new_request_id() -> str:
     """A request id of the relay's own, for answers that never reached upstream."""
     return "req_relay_" + secrets.token_hex(12)

@@ -26,6 +26,29 @@ _GRACEFUL_TRANSITIONS = {
 }
 
 
+#: DATA waiting for a stream's window; a chunk split by the window waits as a view.
+SendQueue = deque[bytes | memoryview]
+
+
+def send_queued(conn: H2Connection, stream_id: int, queue: SendQueue) -> None:
+    """Send DATA from `queue` as far as the stream's window allows; the rest stays.
+
+    A chunk larger than the window is split through a memoryview, so its remainder is
+    not copied again for every frame.
+    """
+    while queue:
+        size = min(conn.local_flow_control_window(stream_id), conn.max_outbound_frame_size)
+        if size <= 0:
+            return
+        data = queue[0]
+        if len(data) > size:
+            view = memoryview(data)
+            conn.send_data(stream_id, view[:size])
+            queue[0] = view[size:]
+        else:
+            conn.send_data(stream_id, queue.popleft())
+
+
 class GracefulH2Connection(H2Connection):
     """An `H2Connection` whose open streams keep working after a GOAWAY either way.
 
@@ -40,16 +63,3 @@ class GracefulH2Connection(H2Connection):
         # h2 drops unsent frames on receiving GOAWAY; on a connection that stays up,
         # WINDOW_UPDATEs and RST_STREAMs already queued must still go out.
         return
-
-    def send_queued(self, stream_id: int, queue: deque[bytes]) -> None:
-        """Send DATA from `queue` as far as the stream's window allows; the rest stays."""
-        while queue:
-            size = min(self.local_flow_control_window(stream_id), self.max_outbound_frame_size)
-            if size <= 0:
-                return
-            data = queue[0]
-            if len(data) > size:
-                self.send_data(stream_id, data[:size])
-                queue[0] = data[size:]
-            else:
-                self.send_data(stream_id, queue.popleft())

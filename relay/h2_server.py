@@ -23,6 +23,7 @@ from h2.errors import ErrorCodes
 
 from relay.errors import HeadersTooLarge
 from relay.exchange import Headers, RequestHead
+from relay.h2_connection import SendQueue, send_queued
 from relay.headers import split_request_fields
 from relay.relay_context import RelayContext
 from relay.stream import RelayStream
@@ -66,7 +67,7 @@ class H2ClientStream:
         self._owner = owner
         self.id = stream_id
         self.relay: RelayStream | None = None
-        self._pending: deque[bytes] = deque()
+        self._pending: SendQueue = deque()
         self._ended = False
         self._paused = False
         #: Request body bytes received but not yet acknowledged (upstream paused).
@@ -84,11 +85,9 @@ class H2ClientStream:
         self._owner.schedule_flush()
 
     def send_body(self, data: bytes) -> None:
-        if self._pending:
-            self._pending.append(data)
-            return
         self._pending.append(data)
-        self.push()
+        if len(self._pending) == 1:  # else a shut window holds the queue already
+            self.push()
 
     def send_end(self) -> None:
         self._ended = True
@@ -113,18 +112,7 @@ class H2ClientStream:
         conn = self._owner.conn
         pending = self._pending
         try:
-            while pending:
-                window = conn.local_flow_control_window(self.id)
-                if window <= 0:
-                    break
-                data = pending[0]
-                size = min(window, conn.max_outbound_frame_size)
-                if len(data) > size:
-                    conn.send_data(self.id, data[:size])
-                    pending[0] = data[size:]
-                else:
-                    conn.send_data(self.id, data)
-                    pending.popleft()
+            send_queued(conn, self.id, pending)
             if not pending and self._ended:
                 conn.end_stream(self.id)
                 self._owner.forget(self.id)
@@ -244,12 +232,10 @@ class H2Server(asyncio.Protocol):
             if stream is not None and stream.relay is not None:
                 stream.relay.on_request_end()
         elif isinstance(event, h2.events.WindowUpdated):
-            targets = (
-                list(self._streams.values())
-                if event.stream_id == 0
-                else [s for s in (self._streams.get(event.stream_id),) if s is not None]
-            )
-            for stream in targets:
+            if event.stream_id == 0:
+                for stream in list(self._streams.values()):
+                    stream.push()
+            elif (stream := self._streams.get(event.stream_id)) is not None:
                 stream.push()
         elif isinstance(event, h2.events.StreamReset):
             stream = self._streams.pop(event.stream_id, None)

@@ -22,7 +22,7 @@ import h2.exceptions
 import h2.settings
 from h2.errors import ErrorCodes
 
-from relay.h2_connection import GracefulH2Connection
+from relay.h2_connection import GracefulH2Connection, SendQueue, send_queued
 from relay.sim_script import RecordedRequest, play
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ class _Stream:
                 self.headers.append((name, value))
         self.body = bytearray()
         self.responder: asyncio.Task[None] | None = None
-        self._pending: deque[bytes] = deque()
+        self._pending: SendQueue = deque()
         self._ending = False
         self._drained = asyncio.Event()
         self._drained.set()
@@ -89,7 +89,7 @@ class _Stream:
         owner = self._owner
         if owner.stream(self.id) is not self:
             return
-        owner.conn.send_queued(self.id, self._pending)
+        send_queued(owner.conn, self.id, self._pending)
         if not self._pending and self._ending:
             owner.conn.end_stream(self.id)
             owner.finished(self.id)

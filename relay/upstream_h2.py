@@ -20,10 +20,10 @@ import h2.exceptions
 import h2.settings
 from h2.errors import ErrorCodes
 
-from relay.errors import UpstreamUnavailable
+from relay.errors import UpstreamUnavailable, upstream_failure
 from relay.exchange import Headers, ResponseSink
-from relay.h2_connection import GracefulH2Connection
-from relay.upstream_http1 import MAX_RESPONSE_HEAD, upstream_failure
+from relay.h2_connection import GracefulH2Connection, SendQueue, send_queued
+from relay.upstream_http1 import MAX_RESPONSE_HEAD
 
 if TYPE_CHECKING:
     from relay.upstream_pool import UpstreamPool
@@ -60,7 +60,7 @@ class H2Exchange:
         self.id = stream_id
         #: None once the exchange is over (ended, failed or aborted).
         self.sink: ResponseSink | None = sink
-        self._pending: deque[bytes] = deque()
+        self._pending: SendQueue = deque()
         self._end_asked = self.request_ended = request_ended
         self._blocked = False
         self.head_seen = False
@@ -97,7 +97,7 @@ class H2Exchange:
         if self.sink is None:
             return
         conn = self._owner.conn
-        conn.send_queued(self.id, self._pending)
+        send_queued(conn, self.id, self._pending)
         if not self._pending and self._end_asked and not self.request_ended:
             self.request_ended = True
             conn.end_stream(self.id)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, cast
 import h11
 
 from relay.body_decoder import BodyDecoder, BodyFramingError, body_decoder
-from relay.errors import RelayError, UpstreamLost, UpstreamUnavailable
+from relay.errors import RelayError, upstream_failure
 from relay.exchange import Headers, ResponseSink
 
 if TYPE_CHECKING:
@@ -20,11 +20,6 @@ if TYPE_CHECKING:
 
 #: Upstream response heads are small; anything larger is a broken upstream.
 MAX_RESPONSE_HEAD = 256 * 1024
-
-
-def upstream_failure(message: str, *, head_seen: bool) -> RelayError:
-    """How an upstream failure reaches the core: free to retry until a head arrived."""
-    return UpstreamLost(message) if head_seen else UpstreamUnavailable(message)
 
 
 def _client_connection() -> h11.Connection:
