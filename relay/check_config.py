@@ -18,6 +18,7 @@ from relay.config import (
     ResolvedConfig,
     UpstreamTarget,
     add_arguments,
+    format_listen,
     resolve,
 )
 
@@ -28,7 +29,7 @@ _SPECIAL: dict[str, Callable[[RelayConfig], object]] = {
     "client-send-timeout": lambda config: config.send_timeout,
     "retry-on-status": lambda config: sorted(config.retry_statuses),
     "deny-param": lambda config: sorted(config.deny_params),
-    "admin-listen": lambda c: _host_port(c.admin_listen) if c.admin_listen else "off",
+    "admin-listen": lambda c: format_listen(*c.admin_listen) if c.admin_listen else "off",
 }
 
 
@@ -77,12 +78,7 @@ def _effective(flag: str, config: RelayConfig) -> object:
     if hasattr(config, field):
         return getattr(config, field)
     # HOST:PORT settings are kept as two fields.
-    return _host_port((getattr(config, field + "_host"), getattr(config, field + "_port")))
-
-
-def _host_port(address: tuple[str, int]) -> str:
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return format_listen(getattr(config, field + "_host"), getattr(config, field + "_port"))
 
 
 def _aligned(rows: list[tuple[str, object, str]]) -> list[str]:

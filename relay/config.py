@@ -105,6 +105,11 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def format_listen(host: str, port: int) -> str:
+    """HOST:PORT as `parse_listen` reads it back (IPv6 hosts in brackets)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _positive_seconds(value: str) -> float:
     seconds = float(value)
     if not seconds > 0 or seconds == float("inf"):

@@ -12,7 +12,7 @@ import ssl
 from relay import __version__
 from relay.access_log import configure_logging
 from relay.admin_server import serve_admin
-from relay.config import RelayConfig
+from relay.config import RelayConfig, format_listen
 from relay.h3_server import serve_h3
 from relay.listener import FirstBytesProtocol
 from relay.quic_listener import QuicListener
@@ -59,7 +59,7 @@ def _raise_file_limit() -> None:
 
 def _address(scheme: str, server: asyncio.Server) -> str:
     host, port = server.sockets[0].getsockname()[:2]
-    return f"{scheme}://{host}:{port}"
+    return f"{scheme}://{format_listen(host, port)}"
 
 
 async def _tls_listeners(

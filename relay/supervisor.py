@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from relay.access_log import configure_logging
-from relay.config import RelayConfig
+from relay.config import RelayConfig, format_listen
 from relay.worker import WORKER_ENV
 
 log = logging.getLogger("sse_relay")
@@ -71,11 +71,11 @@ def _program() -> list[str]:
 def _reserve_ports(config: RelayConfig) -> tuple[list[socket.socket], list[str]]:
     """Reservation sockets for the TCP listeners, and flags pinning their ports."""
     reserved, port = _reserve(config.listen_host, config.listen_port, udp_twin=False)
-    pinned = ["--listen", _host_port(config.listen_host, port)]
+    pinned = ["--listen", format_listen(config.listen_host, port)]
     if config.tls_cert and config.tls_key:
         tls, port = _reserve(config.tls_listen_host, config.tls_listen_port, config.http3)
         reserved += tls
-        pinned += ["--tls-listen", _host_port(config.tls_listen_host, port)]
+        pinned += ["--tls-listen", format_listen(config.tls_listen_host, port)]
     return reserved, pinned
 
 
@@ -111,10 +111,6 @@ def _reserve(host: str, port: int, udp_twin: bool) -> tuple[list[socket.socket],
                 sock.close()
             if not attempts:
                 raise
-
-
-def _host_port(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _describe_exit(code: int) -> str:
