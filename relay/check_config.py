@@ -18,15 +18,14 @@ from relay.config import (
     ResolvedConfig,
     UpstreamTarget,
     add_arguments,
+    config_field,
     format_listen,
     resolve,
 )
 
-# Settings whose RelayConfig field is not simply the flag name with underscores.
+# Settings built from their values rather than stored as they are (see config_field).
 _SPECIAL: dict[str, Callable[[RelayConfig], object]] = {
     "upstream": lambda config: config.upstreams,
-    "upstream-read-timeout": lambda config: config.read_timeout,
-    "client-send-timeout": lambda config: config.send_timeout,
     "retry-on-status": lambda config: sorted(config.retry_statuses),
     "deny-param": lambda config: sorted(config.deny_params),
     "admin-listen": lambda c: format_listen(*c.admin_listen) if c.admin_listen else "off",
@@ -74,11 +73,12 @@ def render(resolved: ResolvedConfig) -> str:
 def _effective(flag: str, config: RelayConfig) -> object:
     if flag in _SPECIAL:
         return _SPECIAL[flag](config)
-    field = flag.replace("-", "_")
-    if hasattr(config, field):
-        return getattr(config, field)
+    name = config_field(flag)
+    if name is not None:
+        return getattr(config, name)
     # HOST:PORT settings are kept as two fields.
-    return format_listen(getattr(config, field + "_host"), getattr(config, field + "_port"))
+    prefix = flag.replace("-", "_")
+    return format_listen(getattr(config, prefix + "_host"), getattr(config, prefix + "_port"))
 
 
 def _aligned(rows: list[tuple[str, object, str]]) -> list[str]:

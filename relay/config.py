@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -286,30 +286,15 @@ SETTINGS: tuple[_Setting, ...] = (
     ),
 )
 
-_FIELDS = {
-    "keepalive-interval": "keepalive_interval",
-    "keepalive-frame": "keepalive_frame",
-    "connect-timeout": "connect_timeout",
-    "upstream-read-timeout": "read_timeout",
-    "client-send-timeout": "send_timeout",
-    "tls-verify": "tls_verify",
-    "upstream-ca": "upstream_ca",
-    "upstream-protocol": "upstream_protocol",
-    "max-header-bytes": "max_header_bytes",
-    "max-body-bytes": "max_body_bytes",
-    "header-timeout": "header_timeout",
-    "max-streams": "max_streams",
-    "retry-attempts": "retry_attempts",
-    "retry-budget": "retry_budget",
-    "on-deny": "on_deny",
-    "drain-timeout": "drain_timeout",
-    "tls-cert": "tls_cert",
-    "tls-key": "tls_key",
-    "http3": "http3",
-    "quic-idle-timeout": "quic_idle_timeout",
-    "workers": "workers",
-    "admin-listen": "admin_listen",
-}
+_FIELD_NAMES = frozenset(f.name for f in fields(RelayConfig))
+# Settings whose RelayConfig field is not the flag's name in snake case.
+_RENAMED_FIELDS = {"upstream-read-timeout": "read_timeout", "client-send-timeout": "send_timeout"}
+
+
+def config_field(flag: str) -> str | None:
+    """The RelayConfig field a setting fills as it is, if one does (others are built)."""
+    name = _RENAMED_FIELDS.get(flag, flag.replace("-", "_"))
+    return name if name in _FIELD_NAMES else None
 
 #: What a `[[route]]` table may set; what it leaves out comes from the top level.
 ROUTE_KEYS = ("prefix", "keepalive-interval", "upstream")
@@ -380,7 +365,9 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -
             continue
         values[setting.flag] = _parse(setting, raw, label)
         sources[setting.flag] = source
-    kwargs: dict[str, Any] = {_FIELDS[k]: v for k, v in values.items() if k in _FIELDS}
+    kwargs: dict[str, Any] = {
+        name: value for flag, value in values.items() if (name := config_field(flag))
+    }
     if "listen" in values:
         kwargs["listen_host"], kwargs["listen_port"] = values["listen"]
     if "tls-listen" in values:
