@@ -7,7 +7,7 @@ LISTEN ?= 127.0.0.1:8080
 STAMP := $(VENV)/.installed
 TEST_TOOLS := curl=curl nghttp=nghttp2-client
 
-.PHONY: install run sim demo dist test lint system-deps bench bench-quick clean
+.PHONY: install run sim demo dist test lint system-deps bench bench-quick bench-profile clean
 
 $(STAMP): pyproject.toml setup.py relay/_fastsse.pyx
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -59,6 +59,11 @@ bench: bench-install
 
 bench-quick: bench-install
 	PATH="$$PATH:/usr/sbin" $(BIN)/python -m bench --quick
+
+# Where the relay's and nginx's CPU goes per event (perf): bench/results/profile.md.
+bench-profile: bench-install
+	scripts/system-deps.sh perf=linux-perf
+	PATH="$$PATH:/usr/sbin" $(BIN)/python -m bench.profile
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info relay/*.so relay/_fastsse.c

@@ -41,7 +41,6 @@ def run(plan: Plan, only: tuple[str, ...]) -> dict[str, Any]:
         "plan": plan.name,
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "contenders": list(plan.contenders),
-        "latency_rate": plan.latency_rate,
         "pinning": _pinning(),
         "settings": {k: v for k, v in vars(plan).items() if k != "ladder"}
         | {"ladder": {str(k): v for k, v in plan.ladder.items()}},

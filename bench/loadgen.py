@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -24,7 +25,7 @@ import uvloop
 from bench.client_h3 import H3ClientConnection, h3_connect
 from bench.clients import H1Stream, H2cConnection
 from bench.collector import RunTally, StreamTally
-from bench.proc_stats import cpu_seconds, rss_kib
+from bench.proc_stats import cores_busy_seconds, cpu_seconds, rss_kib, user_system_seconds
 from bench.stats import summarize_ns
 
 BODY = (
@@ -82,17 +83,48 @@ class _Progress:
 
 class _Sampler:
     """Contender CPU and RSS at the window's edges (the sample times are kept: a busy
-    loop may take them late, and rates use the real span)."""
+    loop may take them late, and rates use the real span), and how busy the load
+    generator's own cores were: near 100% the run measures the harness, not the contender."""
 
     def __init__(self, pids: tuple[int, ...]) -> None:
         self.pids = pids
-        self.cpu: list[tuple[int, float]] = []
+        self.harness_cores = sorted(os.sched_getaffinity(0))
+        # (time ns, harness busy s, contender CPU s, contender user s, contender kernel s)
+        self.samples: list[tuple[int, float, float, float, float]] = []
         self.rss_kib = 0
 
     def sample(self) -> None:
+        cpu, user, system = 0.0, 0.0, 0.0
         if self.pids:
-            self.cpu.append((time.monotonic_ns(), cpu_seconds(self.pids)))
+            cpu = cpu_seconds(self.pids)
+            user, system = user_system_seconds(self.pids)
             self.rss_kib = rss_kib(self.pids)
+        busy = cores_busy_seconds(self.harness_cores)
+        self.samples.append((time.monotonic_ns(), busy, cpu, user, system))
+
+    def figures(self, events_per_s: float) -> dict[str, Any]:
+        if len(self.samples) != 2:
+            return {}
+        (t_a, busy_a, cpu_a, user_a, system_a), (t_b, busy_b, cpu_b, user_b, system_b) = (
+            self.samples
+        )
+        span = (t_b - t_a) / 1e9
+        found: dict[str, Any] = {
+            "harness_cpu_util": round((busy_b - busy_a) / span / len(self.harness_cores), 4)
+        }
+        if self.pids:
+            utilization = (cpu_b - cpu_a) / span
+            ticked = (user_b - user_a) + (system_b - system_a)
+            found |= {
+                "cpu_util": round(utilization, 4),
+                "cpu_s_per_mevent": (
+                    round(utilization / events_per_s * 1e6, 3) if events_per_s else None
+                ),
+                # The precise total is split in the ticks' proportion.
+                "kernel_share": round((system_b - system_a) / ticked, 4) if ticked else None,
+                "rss_kib": self.rss_kib,
+            }
+        return found
 
 
 async def run(spec: LoadSpec) -> dict[str, Any]:
@@ -259,16 +291,7 @@ def _result(
         "keepalives": tally.keepalives,
         "keepalive_lateness_ms": summarize_ns(tally.keepalive_lateness),
     }
-    if len(sampler.cpu) == 2:
-        (t_a, cpu_a), (t_b, cpu_b) = sampler.cpu
-        span = (t_b - t_a) / 1e9
-        utilization = (cpu_b - cpu_a) / span
-        result["cpu_util"] = round(utilization, 4)
-        result["cpu_s_per_mevent"] = (
-            round(utilization / delivered_rate * 1e6, 3) if delivered_rate else None
-        )
-        result["rss_kib"] = sampler.rss_kib
-    return result
+    return result | sampler.figures(delivered_rate)
 
 
 def _parse() -> LoadSpec:

@@ -67,7 +67,7 @@ def save(results: dict[str, Any], path: Path) -> None:
         ax.set_yscale("log")
         ax.yaxis.set_major_formatter(ScalarFormatter())
         ax.yaxis.set_minor_formatter(NullFormatter())
-        rate = results["meta"]["latency_rate"]
+        rate = next(r["rate_per_stream"] for r in latency if r["streams"] == streams)
         ax.set_title(f"event latency, {streams} stream(s) x {rate:g} events/s")
         ax.set_ylabel("ms (log scale)")
     axes[0][0].legend(fontsize=8)

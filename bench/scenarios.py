@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -105,20 +106,44 @@ def load(
 
 
 def latency(plan: Plan, running: dict[str, contenders.Running], say: Progress) -> list[Record]:
-    """Scenario 2: every contender at 1/100/1000 streams of `latency_rate` events/s."""
+    """Scenario 2: every contender at each of the plan's (streams, rate) loads, in rounds
+    (contenders take turns within each) merged into one record per contender and load."""
     records = []
-    for streams in plan.latency_streams:
-        for key in plan.contenders:
-            record = load(
-                running[key],
-                streams=streams,
-                rate=plan.latency_rate,
-                plan=plan,
-                measure=plan.latency_window(streams),
-            )
-            say(_line("latency", record))
-            records.append(record)
+    for streams, rate in plan.latency_loads:
+        runs: dict[str, list[Record]] = {key: [] for key in plan.contenders}
+        for _ in range(plan.rounds(streams)):
+            for key in plan.contenders:
+                record = load(
+                    running[key],
+                    streams=streams,
+                    rate=rate,
+                    plan=plan,
+                    measure=plan.latency_window(streams, rate),
+                )
+                say(_line("latency", record))
+                runs[key].append(record)
+        records += [merge_rounds(each) for each in runs.values()]
     return records
+
+
+def merge_rounds(runs: list[Record]) -> Record:
+    """One record for repeated runs: each percentile and the CPU figures are the median
+    of the rounds', delivery the worst; the rounds themselves stay in `rounds`."""
+    if len(runs) == 1:
+        return runs[0]
+    merged = dict(runs[0])
+    merged["latency_ms"] = {
+        pct: statistics.median(r["latency_ms"][pct] for r in runs) for pct in runs[0]["latency_ms"]
+    } | {"count": sum(r["latency_ms"]["count"] for r in runs)}
+    for key in ("cpu_s_per_mevent", "cpu_util", "kernel_share", "harness_cpu_util"):
+        values = [r[key] for r in runs if r.get(key) is not None]
+        if values:
+            merged[key] = statistics.median(values)
+    merged["delivered_ratio"] = min(r["delivered_ratio"] for r in runs)
+    merged["error_count"] = sum(r["error_count"] for r in runs)
+    merged["errors"] = [e for r in runs for e in r["errors"]]
+    merged["rounds"] = runs
+    return merged
 
 
 def cost_ladder(plan: Plan, running: dict[str, contenders.Running], say: Progress) -> list[Record]:
@@ -175,7 +200,7 @@ def other_protocols(
                     streams=streams,
                     rate=plan.latency_rate,
                     plan=plan,
-                    measure=plan.latency_window(streams),
+                    measure=plan.latency_window(streams, plan.latency_rate),
                     proto=proto,
                 )
                 say(_line(proto, record))
