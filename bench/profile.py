@@ -17,10 +17,11 @@ import subprocess
 import tempfile
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import scenarios
+from bench import machine, scenarios
 from bench.contenders import Running
 from bench.plan import PLANS
 from bench.report import LABELS
@@ -119,9 +120,14 @@ def profile_one(
 
 def markdown(streams: int, rate: float, profiles: dict[str, dict[str, Any]]) -> str:
     keys = list(profiles)
+    meta = machine.describe()
     lines = [
         f"## Where the CPU goes per relayed event: {streams} streams x {rate:g} events/s "
         "(perf record -g)",
+        "",
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M UTC}; {meta['cpu']} x {meta['cores']} cores, "
+        f"{meta['kernel']}, Python {meta['python']}; git {meta['git']}. Same harness and "
+        "pinning as `make bench`.",
         "",
         "µs per event = the category's share of the contender's perf samples x its CPU per "
         "event measured from /proc in the same run.",

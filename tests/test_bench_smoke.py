@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import h11
 import pytest
@@ -19,6 +20,9 @@ from anthropic._streaming import SSEDecoder
 
 from bench import frames
 from bench.collector import RunTally, StreamTally
+from bench.profile import parse_perf_script
+from bench.report import floor_spread_ms, user_kernel_us
+from bench.scenarios import merge_rounds
 from bench.stats import percentile, summarize_ns
 from tests.relayproc import REPO
 
@@ -97,3 +101,54 @@ def test_emitter_speaks_the_messages_stream(emitter_port: int) -> None:
         assert json.loads(event.data)["type"] == event.event
     stamps = [json.loads(e.data)["t"] for e in deltas]
     assert stamps == sorted(stamps) and stamps[-1] < until
+
+
+def _run(p99: float, cpu: float = 20.0) -> dict[str, Any]:
+    return {
+        "latency_ms": {"count": 10, "p50": 1.0, "p99": p99, "p99.9": p99 + 1, "max": 9.0},
+        "cpu_s_per_mevent": cpu,
+        "delivered_ratio": 1.0,
+        "error_count": 0,
+        "errors": [],
+    }
+
+
+def test_rounds_merge_into_medians_and_direct_spread_is_the_noise() -> None:
+    merged = merge_rounds([_run(3.0, 10.0), _run(1.0, 30.0), _run(2.0, 20.0)])
+    assert merged["latency_ms"]["p99"] == 2.0
+    assert merged["latency_ms"]["count"] == 30
+    assert merged["cpu_s_per_mevent"] == 20.0
+    assert floor_spread_ms(merged, "p99") == 2.0
+    assert merge_rounds([_run(3.0)]) == _run(3.0)  # one round is left as it is
+
+
+def test_cpu_split_per_event() -> None:
+    assert user_kernel_us({"cpu_s_per_mevent": 20.0, "kernel_share": 0.75}) == (5.0, 15.0)
+    assert user_kernel_us({"cpu_s_per_mevent": 20.0}) is None
+
+
+# `perf script -F ip,sym,dso` with call chains: a writev, a read, Python, the scanner.
+_PERF_SCRIPT = """
+\tffffffff81a0 tcp_sendmsg+0x1 ([kernel.kallsyms])
+\tffffffff8100 entry_SYSCALL_64_after_hwframe+0x4b ([kernel.kallsyms])
+\t7f00 __GI___writev+0x10 (/usr/lib/x86_64-linux-gnu/libc.so.6)
+\t7f10 uv__try_write+0x20 (/venv/uvloop/loop.cpython-311-x86_64-linux-gnu.so)
+
+\tffffffff81b0 ksys_read+0x1 ([kernel.kallsyms])
+\t7f20 read+0x10 (/usr/lib/x86_64-linux-gnu/libc.so.6)
+
+\t7f30 _PyEval_EvalFrameDefault+0x99 (/usr/lib/libpython3.11.so.1.0)
+
+\t7f40 __pyx_f_feed+0x5 (/work/relay/_fastsse.cpython-311-x86_64-linux-gnu.so)
+\t7f30 _PyEval_EvalFrameDefault+0x99 (/usr/lib/libpython3.11.so.1.0)
+"""
+
+
+def test_perf_samples_are_sorted_by_syscall_and_code() -> None:
+    counts = parse_perf_script(_PERF_SCRIPT)
+    assert {name.split(" (")[0]: n for name, n in counts.items()} == {
+        "kernel: write to sockets": 1,
+        "kernel: read from sockets": 1,
+        "Python interpreter": 1,
+        "SSE scanner": 1,
+    }
