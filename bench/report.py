@@ -101,10 +101,13 @@ def latency_section(title: str, records: list[Record], floors: list[Record]) -> 
         "CPU s/M ev",
         "harness core",
     ]
-    rounds = max(len(r.get("rounds", ())) for r in records) if records else 0
-    merged = f" (median of {rounds} rounds where several ran)" if rounds > 1 else ""
-    intro = f"### {title}: latency added over direct{merged}"
+    intro = f"### {title}: latency added over direct{_rounds_note(records)}"
     return [intro, "", *_table(head, rows), ""]
+
+
+def _rounds_note(records: list[Record]) -> str:
+    rounds = max((len(r.get("rounds", ())) for r in records), default=0)
+    return f" (median of {rounds} rounds where several ran)" if rounds > 1 else ""
 
 
 def _cpu(record: Record) -> str:
@@ -133,7 +136,10 @@ def cost_section(records: list[Record], keys: tuple[str, ...]) -> list[str]:
             row += [_number(cpu), _ratio(cpu, nginx.get("cpu_s_per_mevent") if nginx else None)]
         row.append(_per_core_text(reference_step(records, key, stream_counts[-1])))
         rows.append(row)
-    intro = "### Cost per event (HTTP/1.1, paced: every event its own upstream write)"
+    intro = (
+        "### Cost per event (HTTP/1.1, paced: every event its own upstream write)"
+        + _rounds_note(records)
+    )
     return [intro, "", *_table(head, rows), ""]
 
 

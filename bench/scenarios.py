@@ -147,13 +147,21 @@ def merge_rounds(runs: list[Record]) -> Record:
 
 
 def cost_ladder(plan: Plan, running: dict[str, contenders.Running], say: Progress) -> list[Record]:
-    """Scenario 1: climb the paced aggregate rate until each contender collapses."""
+    """Scenario 1: climb the paced aggregate rate until each contender collapses.
+
+    The lowest step is the CPU-per-event reference (throughput per core), so with many
+    streams it runs in rounds like scenario 2 and the median counts."""
     records = []
     for streams, rates in plan.ladder.items():
         climbing = list(plan.contenders)
-        for aggregate in rates:
-            for key in list(climbing):
-                record = _ladder_step(plan, running[key], streams, aggregate, say)
+        for step, aggregate in enumerate(rates):
+            runs: dict[str, list[Record]] = {key: [] for key in climbing}
+            for _ in range(plan.rounds(streams) if step == 0 else 1):
+                for key in climbing:
+                    runs[key].append(_ladder_step(plan, running[key], streams, aggregate, say))
+            for key, each in runs.items():
+                record = merge_rounds(each)
+                record["collapsed"] = collapsed(record)
                 records.append(record)
                 if record["collapsed"]:
                     climbing.remove(key)
