@@ -6,6 +6,7 @@ No timings are asserted; `make bench` measures, this only checks the measuring t
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import subprocess
@@ -20,6 +21,7 @@ from anthropic._streaming import SSEDecoder
 
 from bench import frames
 from bench.collector import RunTally, StreamTally
+from bench.proc_stats import cores_busy_seconds, user_system_seconds
 from bench.profile import parse_perf_script
 from bench.report import floor_spread_ms, user_kernel_us
 from bench.scenarios import merge_rounds
@@ -152,3 +154,17 @@ def test_perf_samples_are_sorted_by_syscall_and_code() -> None:
         "Python interpreter": 1,
         "SSE scanner": 1,
     }
+
+
+def test_process_and_core_cpu_accounting_sees_a_busy_loop() -> None:
+    me = (os.getpid(),)
+    core = os.sched_getaffinity(0)
+    user_before, system_before = user_system_seconds(me)
+    busy_before = cores_busy_seconds(core)
+    spin_until = time.process_time() + 0.3
+    while time.process_time() < spin_until:
+        pass
+    user_after, system_after = user_system_seconds(me)
+    # Ticks are 10 ms: a 0.3 s spin shows as at least 0.2 s, wherever it ran.
+    assert (user_after - user_before) + (system_after - system_before) >= 0.2
+    assert cores_busy_seconds(core) - busy_before >= 0.2
