@@ -84,6 +84,7 @@ def latency_section(title: str, records: list[Record], floors: list[Record]) -> 
                     f"{streams} x {rate:g}/s",
                     LABELS[key],
                     *cells,
+                    _p99_range(record),
                     f"{record['delivered_ratio']:.1%}",
                     _cpu(record),
                     f"{harness:.0%}" if harness is not None else "-",
@@ -97,6 +98,7 @@ def latency_section(title: str, records: list[Record], floors: list[Record]) -> 
         "+p99.9 ms",
         "+p99 xnginx",
         "p99 xdirect",
+        "p99 ms over rounds",
         "delivered",
         "CPU s/M ev",
         "harness core",
@@ -105,9 +107,14 @@ def latency_section(title: str, records: list[Record], floors: list[Record]) -> 
     return [intro, "", *_table(head, rows), ""]
 
 
+def _p99_range(record: Record) -> str:
+    values = [r["latency_ms"]["p99"] for r in record.get("rounds", ())]
+    return f"{min(values):.2f} to {max(values):.2f}" if values else "-"
+
+
 def _rounds_note(records: list[Record]) -> str:
     rounds = max((len(r.get("rounds", ())) for r in records), default=0)
-    return f" (median of {rounds} rounds where several ran)" if rounds > 1 else ""
+    return " (where several rounds ran, their median)" if rounds > 1 else ""
 
 
 def _cpu(record: Record) -> str:

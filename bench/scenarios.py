@@ -109,9 +109,9 @@ def latency(plan: Plan, running: dict[str, contenders.Running], say: Progress) -
     """Scenario 2: every contender at each of the plan's (streams, rate) loads, in rounds
     (contenders take turns within each) merged into one record per contender and load."""
     records = []
-    for streams, rate in plan.latency_loads:
+    for streams, rate, rounds in plan.latency_loads:
         runs: dict[str, list[Record]] = {key: [] for key in plan.contenders}
-        for _ in range(plan.rounds(streams)):
+        for _ in range(rounds):
             for key in plan.contenders:
                 record = load(
                     running[key],
@@ -156,7 +156,7 @@ def cost_ladder(plan: Plan, running: dict[str, contenders.Running], say: Progres
         climbing = list(plan.contenders)
         for step, aggregate in enumerate(rates):
             runs: dict[str, list[Record]] = {key: [] for key in climbing}
-            for _ in range(plan.rounds(streams) if step == 0 else 1):
+            for _ in range(plan.reference_rounds if step == 0 and streams > 1 else 1):
                 for key in climbing:
                     runs[key].append(_ladder_step(plan, running[key], streams, aggregate, say))
             for key, each in runs.items():
