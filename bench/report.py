@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from bench.contenders import ALL
+from bench.records import floor_spread_ms, user_kernel_us
 
 Record = dict[str, Any]
 LABELS = {c.key: c.label for c in ALL}
@@ -28,13 +29,6 @@ def _find(
         if record["contender"] == key and same_load:
             return record
     return None
-
-
-def floor_spread_ms(floor: Record, pct: str) -> float:
-    """How much direct's own percentile moved between rounds: added latencies smaller
-    than this cannot be told from zero."""
-    values = [r["latency_ms"][pct] for r in floor.get("rounds", ())]
-    return float(max(values) - min(values)) if values else 0.0
 
 
 def _ratio(value: float | None, base: float | None, floor: float = 0.0) -> str:
@@ -188,15 +182,6 @@ def split_section(records: list[Record], keys: tuple[str, ...]) -> list[str]:
         "/proc ticks; the kernel part includes loopback TCP delivery)"
     )
     return [intro, "", *_table(head, rows), ""] if rows else []
-
-
-def user_kernel_us(record: Record | None) -> tuple[float, float] | None:
-    """(user, kernel) CPU microseconds per event."""
-    if record is None or record.get("kernel_share") is None or not record.get("cpu_s_per_mevent"):
-        return None
-    total = float(record["cpu_s_per_mevent"])  # s per million events = µs per event
-    kernel = total * record["kernel_share"]
-    return total - kernel, kernel
 
 
 def ladder_section(records: list[Record], keys: tuple[str, ...]) -> list[str]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +20,7 @@ from bench import contenders
 from bench.plan import COLLAPSE_DELIVERED, COLLAPSE_P99_MS, Plan
 from bench.proc_stats import rss_kib
 from bench.procs import HARNESS_CPUS, ServerProcess, run_json_line
+from bench.records import merge_rounds
 
 Record = dict[str, Any]
 Progress = Callable[[str], None]
@@ -124,26 +124,6 @@ def latency(plan: Plan, running: dict[str, contenders.Running], say: Progress) -
                 runs[key].append(record)
         records += [merge_rounds(each) for each in runs.values()]
     return records
-
-
-def merge_rounds(runs: list[Record]) -> Record:
-    """One record for repeated runs: each percentile and the CPU figures are the median
-    of the rounds', delivery the worst; the rounds themselves stay in `rounds`."""
-    if len(runs) == 1:
-        return runs[0]
-    merged = dict(runs[0])
-    merged["latency_ms"] = {
-        pct: statistics.median(r["latency_ms"][pct] for r in runs) for pct in runs[0]["latency_ms"]
-    } | {"count": sum(r["latency_ms"]["count"] for r in runs)}
-    for key in ("cpu_s_per_mevent", "cpu_util", "kernel_share", "harness_cpu_util"):
-        values = [r[key] for r in runs if r.get(key) is not None]
-        if values:
-            merged[key] = statistics.median(values)
-    merged["delivered_ratio"] = min(r["delivered_ratio"] for r in runs)
-    merged["error_count"] = sum(r["error_count"] for r in runs)
-    merged["errors"] = [e for r in runs for e in r["errors"]]
-    merged["rounds"] = runs
-    return merged
 
 
 def cost_ladder(plan: Plan, running: dict[str, contenders.Running], say: Progress) -> list[Record]:

@@ -21,10 +21,9 @@ from anthropic._streaming import SSEDecoder
 
 from bench import frames
 from bench.collector import RunTally, StreamTally
+from bench.perf_samples import parse_perf_script
 from bench.proc_stats import cores_busy_seconds, user_system_seconds
-from bench.profile import parse_perf_script
-from bench.report import floor_spread_ms, user_kernel_us
-from bench.scenarios import merge_rounds
+from bench.records import floor_spread_ms, merge_rounds, user_kernel_us
 from bench.stats import percentile, summarize_ns
 from tests.relayproc import REPO
 

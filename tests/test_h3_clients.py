@@ -216,7 +216,8 @@ class _CountingTransport(asyncio.DatagramTransport):
 
 
 def test_garbage_is_dropped_or_answered_and_leaves_no_connection(
-    relay_tls_args: list[str], ca_file: Path,
+    relay_tls_args: list[str],
+    ca_file: Path,
 ) -> None:
     config = _load_config(_h3_args(relay_tls_args))
     metrics = RelayMetrics()

@@ -40,7 +40,7 @@ def test_a_partial_frame_is_closed_as_a_ping_before_the_error() -> None:
     assert close_partial_frame(_scanned(START + b"event: content_block_delta\n")) == (
         b"event: ping\n\n"
     )
-    assert close_partial_frame(_scanned(START + b"data: {\"ty")) == b"\nevent: ping\n\n"
+    assert close_partial_frame(_scanned(START + b'data: {"ty')) == b"\nevent: ping\n\n"
     frames = ending_frames(_scanned(START + b"data: {"), "api_error", "lost")
     assert frames.startswith(b"\nevent: ping\n\nevent: error\ndata: ")
     assert frames.endswith(b"\n\n") and b'"api_error"' in frames
