@@ -45,18 +45,22 @@ def profile_one(
     loader.start()
     time.sleep(plan.ramp(streams) + 1)
     data = workdir / f"{target.key}.perf"
-    subprocess.run(
-        ["perf", "record", "-q", "-e", "cpu-clock", "-F", "999", "-g", "-o", str(data),
-         "-p", ",".join(map(str, target.pids)), "--", "sleep", str(seconds)],
-        check=True, capture_output=True,
+    _perf(
+        "record", "-q", "-e", "cpu-clock", "-F", "999", "-g", "-o", str(data),
+        "-p", ",".join(map(str, target.pids)), "--", "sleep", str(seconds),
     )  # fmt: skip
     loader.join()
-    script = subprocess.run(
-        ["perf", "script", "-i", str(data), "-F", "ip,sym,dso"],
-        check=True, capture_output=True, text=True,
-    )  # fmt: skip
-    found["samples"] = parse_perf_script(script.stdout)
+    found["samples"] = parse_perf_script(_perf("script", "-i", str(data), "-F", "ip,sym,dso"))
     return found
+
+
+def _perf(*args: str) -> str:
+    """Runs perf; a refusal (no permission to sample, as in many containers) stops the
+    run with perf's own words rather than a traceback."""
+    done = subprocess.run(["perf", *args], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"perf {args[0]} failed: {done.stderr.strip()[-1000:]}")
+    return done.stdout
 
 
 def markdown(streams: int, rate: float, profiles: dict[str, dict[str, Any]]) -> str:
