@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import signal
 import socket
 import threading
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import anthropic
@@ -26,6 +29,8 @@ MESSAGE_PARAMS: dict[str, Any] = {
     "thinking": {"type": "enabled", "budget_tokens": 1024},
     "messages": [{"role": "user", "content": "Think, then answer."}],
 }
+# The request body of a streaming Messages call, as the SDK would send it.
+STREAM_BODY = json.dumps({**MESSAGE_PARAMS, "stream": True}).encode()
 
 
 def script(**fields: Any) -> dict[str, str]:
@@ -47,7 +52,7 @@ def raw_stream(
     base_url: str, body: bytes | None = None, headers: dict[str, str] | None = None
 ) -> tuple[int, dict[str, str], bytes]:
     """POSTs a streaming request with httpx2 and returns the undecoded response bytes."""
-    body = body if body is not None else json.dumps({**MESSAGE_PARAMS, "stream": True}).encode()
+    body = body if body is not None else STREAM_BODY
     with (
         httpx2.Client(timeout=30) as client,
         client.stream(
@@ -113,3 +118,19 @@ def sigterm_during_streams(
     for client in clients:
         client.join(10)
     return code, results
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 5.0) -> None:
+    """Polls `predicate` until it is true; TimeoutError after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"condition not met within {timeout} s")
+        time.sleep(0.005)
+
+
+async def wait_until(predicate: Callable[[], object], timeout: float = 5.0) -> None:
+    """`wait_for` without blocking the loop (an in-process client keeps answering)."""
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.005)

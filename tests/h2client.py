@@ -12,7 +12,7 @@ import h2.connection
 import h2.events
 import h2.settings
 
-from tests.clients import MESSAGE_PARAMS
+from tests.clients import STREAM_BODY
 
 
 class RawH2Client:
@@ -50,7 +50,6 @@ class RawH2Client:
         extra_headers: list[tuple[bytes, bytes]] | None = None,
     ) -> int:
         stream_id: int = self.conn.get_next_available_stream_id()
-        body = json.dumps({**MESSAGE_PARAMS, "stream": True}).encode()
         headers = [
             (b":method", b"POST"),
             (b":path", b"/v1/messages"),
@@ -61,7 +60,7 @@ class RawH2Client:
             *(extra_headers or ()),
         ]
         self.conn.send_headers(stream_id, headers)
-        self.conn.send_data(stream_id, body, end_stream=True)
+        self.conn.send_data(stream_id, STREAM_BODY, end_stream=True)
         self.data[stream_id] = bytearray()
         self._send()
         return stream_id

@@ -22,9 +22,7 @@ from aioquic.quic.events import (
 )
 from aioquic.tls import SessionTicket
 
-from tests.clients import MESSAGE_PARAMS
-
-BODY = json.dumps({**MESSAGE_PARAMS, "stream": True}).encode()
+from tests.clients import STREAM_BODY
 
 
 class H3Client(QuicConnectionProtocol):
@@ -61,7 +59,7 @@ class H3Client(QuicConnectionProtocol):
             *(extra_headers or ()),
         ]
         self.h3.send_headers(stream_id, headers)
-        self.h3.send_data(stream_id, BODY, end_stream=True)
+        self.h3.send_data(stream_id, STREAM_BODY, end_stream=True)
         self.data[stream_id] = bytearray()
         self.transmit()
         return stream_id

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Callable
 from ssl import SSLContext
 from types import TracebackType
 
 from relay.sim import CloseRecord, SimState, run, start
 from relay.sim_script import RecordedRequest, SimScript
+from tests.clients import wait_for
 
 
 class SimServer:
@@ -90,12 +90,7 @@ class SimServer:
         self._state.goaway_all()
 
     def wait_for(self, predicate: Callable[[], object], timeout: float = 5.0) -> None:
-        """Polls `predicate` until it is true; TimeoutError after `timeout` s."""
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"condition not met within {timeout} s")
-            time.sleep(0.005)
+        wait_for(predicate, timeout)
 
     def __enter__(self) -> SimServer:
         return self.start()

@@ -10,7 +10,7 @@ from typing import Any
 import httpx2
 
 from relay.access_log import JsonFormatter, redact_headers, redact_text
-from tests.clients import MESSAGE_PARAMS, raw_http, raw_stream, script
+from tests.clients import MESSAGE_PARAMS, STREAM_BODY, raw_http, raw_stream, script
 from tests.relayproc import RelayProcess
 from tests.simserver import SimServer
 
@@ -52,7 +52,7 @@ def _lines(stderr: bytes) -> list[dict[str, Any]]:
 
 
 def test_stream_lines_have_every_field_and_credentials_never_show(sim: SimServer) -> None:
-    body = json.dumps({**MESSAGE_PARAMS, "stream": True}).encode()
+    body = STREAM_BODY
     big = json.dumps({**MESSAGE_PARAMS, "stream": True, "pad": "x" * 8192}).encode()
     with RelayProcess(sim.url, "--max-body-bytes", "4096", keepalive=0.1) as relay:
         _, headers, _ = raw_stream(relay.url, headers={**CREDENTIALS, **script(gaps=[[3, 0.3]])})

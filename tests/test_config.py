@@ -220,7 +220,7 @@ def test_check_config_prints_each_value_with_its_source_as_loadable_toml(
 def test_workers_is_a_number_or_auto() -> None:
     assert _load([]).workers == 1
     assert _load(["--workers", "3"]).workers == 3
-    assert _load([], {"SSE_RELAY_WORKERS": "auto"}).workers == (os.cpu_count() or 1)
+    assert _load([], {"SSE_RELAY_WORKERS": "auto"}).workers == len(os.sched_getaffinity(0))
     with pytest.raises(ConfigError, match="--workers: expected a positive whole number or auto"):
         _load(["--workers", "0"])
 

@@ -21,6 +21,7 @@ from relay.sim import CloseRecord
 from tests.clients import (
     KEEPALIVE,
     MESSAGE_PARAMS,
+    STREAM_BODY,
     raw_stream,
     script,
     sdk_stream,
@@ -31,7 +32,6 @@ from tests.relayproc import RelayProcess
 from tests.simserver import SimServer
 
 KA = 0.1
-BODY = json.dumps({**MESSAGE_PARAMS, "stream": True}).encode()
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,9 @@ def relay(sim: SimServer, relay_tls_args: list[str]) -> Iterator[RelayProcess]:
 
 
 def _h2_raw(client: httpx2.Client, url: str, headers: dict[str, str]) -> tuple[str, bytes]:
-    with client.stream("POST", url + "/v1/messages", content=BODY, headers=headers) as response:
+    with client.stream(
+        "POST", url + "/v1/messages", content=STREAM_BODY, headers=headers
+    ) as response:
         return response.http_version, b"".join(response.iter_raw())
 
 
@@ -88,7 +90,9 @@ def test_100_concurrent_streams_on_one_connection(sim: SimServer, relay: RelayPr
 
             async def one(headers: dict[str, str]) -> tuple[str, bytes]:
                 url = relay.url + "/v1/messages"
-                async with client.stream("POST", url, content=BODY, headers=headers) as response:
+                async with client.stream(
+                    "POST", url, content=STREAM_BODY, headers=headers
+                ) as response:
                     return response.http_version, b"".join([c async for c in response.aiter_raw()])
 
             return await asyncio.gather(*(one(headers) for headers in scripts))
@@ -150,7 +154,7 @@ def test_rst_stream_cancels_only_that_upstream_request(sim: SimServer, relay: Re
 def test_nghttp_fetches_a_stream(sim: SimServer, relay: RelayProcess, tmp_path: Path) -> None:
     assert shutil.which("nghttp"), "nghttp2-client: `make test` installs it"
     body = tmp_path / "body.json"
-    body.write_bytes(BODY)
+    body.write_bytes(STREAM_BODY)
     gap = json.dumps({"gaps": [[3, 0.35]]})
     fetched = subprocess.run(
         ["nghttp", "-d", str(body), "-H", f"x-sim-script: {gap}", relay.url + "/v1/messages"],

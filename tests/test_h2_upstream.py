@@ -9,7 +9,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2
@@ -21,18 +21,19 @@ from relay.sim import CloseRecord
 from tests.clients import (
     KEEPALIVE,
     MESSAGE_PARAMS,
+    STREAM_BODY,
     closed_port,
     raw_stream,
     script,
     sdk_stream,
     single_error_frame,
+    wait_until,
 )
 from tests.h2client import RawH2Client
 from tests.relayproc import RelayProcess
 from tests.simserver import SimServer
 
 KA = 0.1
-BODY = json.dumps({**MESSAGE_PARAMS, "stream": True}).encode()
 H2 = ("--upstream-protocol", "h2")
 
 
@@ -43,14 +44,6 @@ def tls_sim(ca: trustme.CA) -> Iterator[SimServer]:
     ca.issue_cert("localhost").configure_cert(context)
     with SimServer(ssl=context) as server:
         yield server
-
-
-async def _until(predicate: Callable[[], object], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met")
-        await asyncio.sleep(0.005)
 
 
 def test_alpn_h2_relays_the_same_bytes_as_http1_with_keepalives(
@@ -123,7 +116,7 @@ def test_200_streams_share_two_upstream_connections() -> None:
 
     async def one(client: httpx2.AsyncClient, url: str) -> tuple[int, bytes]:
         endpoint = url + "/v1/messages"
-        async with client.stream("POST", endpoint, content=BODY, headers=many) as response:
+        async with client.stream("POST", endpoint, content=STREAM_BODY, headers=many) as response:
             return response.status_code, b"".join([c async for c in response.aiter_raw()])
 
     async def run(url: str) -> list[tuple[int, bytes]]:
@@ -152,15 +145,19 @@ def test_goaway_mid_run_loses_no_stream_that_had_not_started() -> None:
         async def one(client: httpx2.AsyncClient, headers: dict[str, str]) -> tuple[int, bytes]:
             nonlocal heads
             endpoint = url + "/v1/messages"
-            async with client.stream("POST", endpoint, content=BODY, headers=headers) as response:
+            async with client.stream(
+                "POST", endpoint, content=STREAM_BODY, headers=headers
+            ) as response:
                 heads += 1
                 return response.status_code, b"".join([c async for c in response.aiter_raw()])
 
         async with httpx2.AsyncClient(http1=False, http2=True, timeout=30) as client:
             started = [asyncio.create_task(one(client, running)) for _ in range(20)]
-            await _until(lambda: heads == 20)  # these responses have begun upstream
+            # These responses have begun upstream.
+            await wait_until(lambda: heads == 20, timeout=10.0)
             late = [asyncio.create_task(one(client, waiting)) for _ in range(10)]
-            await _until(lambda: len(sim.requests) == 30)  # received, not yet answered
+            # Received, not yet answered.
+            await wait_until(lambda: len(sim.requests) == 30, timeout=10.0)
             assert sim.connections == 1
             await asyncio.to_thread(sim.goaway_all)
             return await asyncio.gather(*started, *late)
@@ -213,7 +210,7 @@ def test_client_cancel_resets_only_its_upstream_stream(client: str) -> None:
             sock.sendall(
                 b"POST /v1/messages HTTP/1.1\r\nhost: relay\r\ncontent-type: application/json\r\n"
                 b"x-sim-script: " + json.dumps(victim).encode() + b"\r\n"
-                b"content-length: %d\r\n\r\n" % len(BODY) + BODY
+                b"content-length: %d\r\n\r\n" % len(STREAM_BODY) + STREAM_BODY
             )
             seen = b""
             while seen.count(b"\n\n") < 4:  # the response head, then three frames

@@ -11,7 +11,7 @@ import re
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2
@@ -24,8 +24,8 @@ from relay.h3_server import quic_configuration
 from relay.metrics import RelayMetrics
 from relay.quic_listener import QuicHandler, QuicListener, QuicSession
 from relay.sim import CloseRecord
-from tests.clients import KEEPALIVE, raw_stream, script
-from tests.h3client import BODY, H3Client, h3_connect
+from tests.clients import KEEPALIVE, STREAM_BODY, raw_stream, script, wait_until
+from tests.h3client import H3Client, h3_connect
 from tests.relayproc import RelayProcess
 from tests.simserver import SimServer
 
@@ -44,13 +44,6 @@ def relay(sim: SimServer, relay_tls_args: list[str]) -> Iterator[RelayProcess]:
     with RelayProcess(sim.url, *args, keepalive=KA) as proc:
         assert proc.h3_port, proc.ready_line
         yield proc
-
-
-async def _until(predicate: Callable[[], object], timeout: float = 5.0) -> None:
-    """Polls without blocking the loop, so the QUIC client keeps answering."""
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.005)
 
 
 def _direct(sim: SimServer, fields: dict[str, object]) -> bytes:
@@ -112,7 +105,7 @@ def test_a_cancelled_stream_cancels_only_its_upstream_request(
             closes_before = len(sim.closes)
             cancelled_at = time.monotonic()
             client.cancel(victim)
-            await _until(lambda: _aborted(closes_before))
+            await wait_until(lambda: _aborted(closes_before))
             await client.wait_until(lambda: set(keep) <= client.ended)
             return client, keep, cancelled_at, closes_before
 
@@ -251,7 +244,7 @@ def _alt_svc(url: str, http2: bool, fields: dict[str, object] | None = None) -> 
         client.stream(
             "POST",
             url + "/v1/messages",
-            content=BODY,
+            content=STREAM_BODY,
             headers={"content-type": "application/json", **script(**(fields or {}))},
         ) as response,
     ):
@@ -366,7 +359,7 @@ def test_drain_lets_live_streams_finish_rejects_new_ones_then_closes(
                 live = client.request(fields)
                 await client.wait_until(lambda: client.data[live].count(b"\n\n") >= 2)
                 relay.proc.send_signal(signal.SIGTERM)
-                await _until(lambda: b"draining" in relay.stderr_text)
+                await wait_until(lambda: b"draining" in relay.stderr_text)
                 late = client.request(fields)
                 await client.wait_until(lambda: late in client.ended)
                 assert live not in client.ended and client.terminated is None

@@ -7,7 +7,6 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
 
 import httpx2
 import pytest
@@ -17,17 +16,18 @@ from tests.clients import (
     KEEPALIVE,
     MESSAGE_PARAMS,
     PING,
+    STREAM_BODY,
     closed_port,
     raw_http,
     raw_stream,
     script,
+    wait_for,
 )
 from tests.h2client import RawH2Client
 from tests.relayproc import RelayProcess
 from tests.simserver import SimServer
 
 KA = 0.1
-BODY = json.dumps({**MESSAGE_PARAMS, "stream": True}).encode()
 BIG_BODY = json.dumps({**MESSAGE_PARAMS, "stream": True, "pad": "x" * 8192}).encode()
 ERROR_EVENT = b"event: error\n"
 
@@ -91,10 +91,10 @@ def _abort_before_head(sim: SimServer, relay: RelayProcess, version: str) -> Non
     head = (
         b"POST /v1/messages HTTP/1.1\r\nhost: relay\r\ncontent-type: application/json\r\n"
         b"x-sim-script: %s\r\ncontent-length: %d\r\n\r\n"
-        % (slow["x-sim-script"].encode(), len(BODY))
+        % (slow["x-sim-script"].encode(), len(STREAM_BODY))
     )
     with socket.create_connection(("127.0.0.1", relay.port)) as sock:
-        sock.sendall(head + BODY)
+        sock.sendall(head + STREAM_BODY)
         sim.wait_for(lambda: len(sim.requests) > before)
 
 
@@ -104,11 +104,11 @@ def test_metrics_count_exactly_what_was_relayed(sim: SimServer, version: str) ->
         client = httpx2.Client(http1=version == "1.1", http2=version == "2", timeout=30)
         with client:
             completed = [
-                _post(client, relay.url, BODY, script(gaps=[[3, 0.35]])),
-                _post(client, relay.url, BODY, script(gaps=[[2, 0.5]], ping_every=0.2)),
-                _post(client, relay.url, BODY, script()),
+                _post(client, relay.url, STREAM_BODY, script(gaps=[[3, 0.35]])),
+                _post(client, relay.url, STREAM_BODY, script(gaps=[[2, 0.5]], ping_every=0.2)),
+                _post(client, relay.url, STREAM_BODY, script()),
             ]
-            dropped = _post(client, relay.url, BODY, script(drop_after=5))
+            dropped = _post(client, relay.url, STREAM_BODY, script(drop_after=5))
             refused = _post(client, relay.url, BIG_BODY, {})
         _abort_before_head(sim, relay, version)
         samples = settled(relay, 6)
@@ -137,7 +137,7 @@ def test_metrics_count_exactly_what_was_relayed(sim: SimServer, version: str) ->
     assert total("sse_relay_events_total") == sum(d.count(b"event: ") for d in upstream)
     assert total("sse_relay_response_bytes_total") == sum(len(d) for d in upstream)
     # The refused body never counts: it was refused on its content-length.
-    assert total("sse_relay_request_bytes_total") == 5 * len(BODY)
+    assert total("sse_relay_request_bytes_total") == 5 * len(STREAM_BODY)
     assert total("sse_relay_upstream_errors_total") == 1
     assert total("sse_relay_upstream_errors_total", kind="lost") == 1
     assert total("sse_relay_client_aborts_total") == 1
@@ -218,13 +218,6 @@ def test_readyz_fails_while_upstream_is_unreachable() -> None:
     assert "unreachable" in ready.json()["reason"]
 
 
-def _until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met"
-        time.sleep(0.02)
-
-
 def test_readyz_says_draining_while_streams_finish(sim: SimServer) -> None:
     with RelayProcess(sim.url, "--drain-timeout", "5", keepalive=KA) as relay:
         before = len(sim.requests)
@@ -237,7 +230,7 @@ def test_readyz_says_draining_while_streams_finish(sim: SimServer) -> None:
         worker.start()
         sim.wait_for(lambda: len(sim.requests) > before)
         relay.proc.send_signal(signal.SIGTERM)
-        _until(lambda: _get(relay, "/readyz").status_code == 503)
+        wait_for(lambda: _get(relay, "/readyz").status_code == 503, timeout=10.0)
         draining = _get(relay, "/readyz").json()
         assert value(scrape(relay), "sse_relay_streams_active") == 1
         worker.join(10)

@@ -19,6 +19,7 @@ from tests.clients import (
     KEEPALIVE,
     MESSAGE_PARAMS,
     PING,
+    STREAM_BODY,
     raw_http,
     raw_stream,
     script,
@@ -230,12 +231,11 @@ def test_slow_client_keeps_relay_memory_bounded(sim: SimServer) -> None:
 
 
 def _bulk_request(total: int) -> bytes:
-    body = json.dumps({**MESSAGE_PARAMS, "stream": True}).encode()
     return (
         b"POST /v1/messages HTTP/1.1\r\nhost: relay\r\ncontent-type: application/json\r\n"
         b"x-sim-script: " + json.dumps({"bulk_bytes": total}).encode() + b"\r\n"
-        b"content-length: %d\r\n\r\n" % len(body)
-    ) + body
+        b"content-length: %d\r\n\r\n" % len(STREAM_BODY)
+    ) + STREAM_BODY
 
 
 def test_client_that_takes_nothing_is_dropped_after_the_send_timeout(sim: SimServer) -> None:
@@ -255,12 +255,11 @@ def test_client_that_takes_nothing_is_dropped_after_the_send_timeout(sim: SimSer
 
 
 def test_client_disconnect_closes_upstream_at_once(sim: SimServer, relay: RelayProcess) -> None:
-    body = json.dumps({**MESSAGE_PARAMS, "stream": True}).encode()
     request = (
         b"POST /v1/messages HTTP/1.1\r\nhost: relay\r\ncontent-type: application/json\r\n"
         b"x-sim-script: " + json.dumps({"gaps": [[2, 30]]}).encode() + b"\r\n"
-        b"content-length: %d\r\n\r\n" % len(body)
-    ) + body
+        b"content-length: %d\r\n\r\n" % len(STREAM_BODY)
+    ) + STREAM_BODY
     closes_before = len(sim.closes)
     sock = socket.create_connection(("127.0.0.1", relay.port))
     sock.sendall(request)
@@ -292,7 +291,7 @@ def test_upstream_refusing_connections_gives_api_error(sim: SimServer) -> None:
 
 
 def test_curl_streams_through_the_relay(sim: SimServer, relay: RelayProcess) -> None:
-    body = json.dumps({**MESSAGE_PARAMS, "stream": True})
+    body = STREAM_BODY.decode()
     gap = f"x-sim-script: {json.dumps({'gaps': [[2, 4 * KA]]})}"
     common = ["curl", "-sSN", "--fail", "-H", "content-type: application/json", "-H", gap]
     direct = subprocess.run(
@@ -316,17 +315,15 @@ def test_compressed_sse_is_forwarded_untouched_without_keepalives(sim: SimServer
 
 
 def test_chunked_request_body_reaches_upstream_intact(sim: SimServer, relay: RelayProcess) -> None:
-    body = json.dumps({**MESSAGE_PARAMS, "stream": True}).encode()
-
     def chunks() -> Iterator[bytes]:
-        yield body[:10]
-        yield body[10:]
+        yield STREAM_BODY[:10]
+        yield STREAM_BODY[10:]
 
     before = len(sim.requests)
     with httpx2.Client() as client:
         response = client.post(relay.url + "/v1/messages", content=chunks())
     assert response.status_code == 200 and b"event: message_stop" in response.content
-    assert sim.requests[before].body == body
+    assert sim.requests[before].body == STREAM_BODY
 
 
 def test_relay_takes_the_whole_open_file_hard_limit(sim: SimServer) -> None:

@@ -14,8 +14,6 @@ import signal
 import socket
 import ssl
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx2
@@ -28,6 +26,7 @@ from tests.clients import (
     raw_stream,
     script,
     sigterm_during_streams,
+    wait_for,
 )
 from tests.h3client import h3_connect
 from tests.relayproc import RelayProcess, run_cli
@@ -36,14 +35,6 @@ from tests.simserver import SimServer
 _READY = re.compile(rb"worker (\d+) ready \(pid (\d+)\)")
 # A worker's id, in a JSON log line ({"worker": 1, ...}) or a text one (worker=1 ...).
 _WORKER = re.compile(rb'^\{?"?worker"?[=:] ?(\d+)')
-
-
-def _wait(predicate: Callable[[], object], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"condition not met within {timeout} s")
-        time.sleep(0.01)
 
 
 def _workers(relay: RelayProcess) -> dict[int, int]:
@@ -125,12 +116,12 @@ def test_a_killed_worker_spares_the_others_streams_and_is_replaced(sim: SimServe
         stream.start()
         sim.wait_for(lambda: len(sim.requests) > before)
         pids = list(first.values())
-        _wait(lambda: _connection_owner(pids, relay.port, None))
+        wait_for(lambda: _connection_owner(pids, relay.port, None), timeout=10.0)
         holder = _connection_owner(pids, relay.port, None)
         (victim_id,) = [wid for wid, pid in first.items() if pid != holder]
         os.kill(first[victim_id], signal.SIGKILL)
 
-        _wait(lambda: _workers(relay)[victim_id] != first[victim_id])
+        wait_for(lambda: _workers(relay)[victim_id] != first[victim_id], timeout=10.0)
         replacement = _workers(relay)[victim_id]
         stream.join(10)
         assert results and results[0].replace(KEEPALIVE, b"") == direct
@@ -148,7 +139,7 @@ def _relay_through(pid: int, pids: list[int], port: int) -> bytes:
     for _ in range(200):
         with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
             client_port = client.getsockname()[1]
-            _wait(lambda: _connection_owner(pids, port, client_port))  # noqa: B023
+            wait_for(lambda: _connection_owner(pids, port, client_port), timeout=10.0)  # noqa: B023
             if _connection_owner(pids, port, client_port) != pid:
                 continue
             client.sendall(_request())
@@ -176,7 +167,7 @@ def test_workers_drain_and_exit_when_the_supervisor_is_killed(sim: SimServer) ->
         pids = list(_workers(relay).values())
         relay.proc.kill()
         relay.proc.wait()
-        _wait(lambda: not any(_running(pid) for pid in pids))
+        wait_for(lambda: not any(_running(pid) for pid in pids), timeout=10.0)
 
 
 def _running(pid: int) -> bool:
