@@ -6,18 +6,14 @@ says where to connect (HTTP/1.1, and h2c when it has it) and whose CPU to count.
 
 from __future__ import annotations
 
-import functools
-import os
 import re
 import shutil
-import subprocess
 import sys
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import aiohttp
 import trustme
 
 from bench.proc_stats import children
@@ -37,7 +33,6 @@ class Running:
     url: str
     pids: tuple[int, ...] = ()
     h2c_url: str | None = None
-    version: str = ""
     processes: list[ServerProcess] = field(default_factory=list)
     #: HTTP/3 (UDP), with the CA file its certificate chains to.
     h3_url: str | None = None
@@ -65,7 +60,7 @@ class Direct(Contender):
     label = "direct (floor)"
 
     def start(self, upstream: str, workdir: Path, keepalive_interval: float) -> Running:
-        return Running(self.key, upstream, version="-")
+        return Running(self.key, upstream)
 
 
 class SseRelay(Contender):
@@ -93,7 +88,8 @@ class SseRelay(Contender):
             "--drain-timeout",
             "1",
             *self._http3_args(workdir),
-            *_admin_off(),
+            # Off: its fixed default port would clash between the two relays.
+            *("--admin-listen", "off"),
         ]
         process = ServerProcess(
             args, workdir / f"{self.key}.log", cpus=CONTENDER_CPUS, ready=_LISTENING, env=env
@@ -105,13 +101,6 @@ class SseRelay(Contender):
             process.stop()
             raise RuntimeError(f"wanted the {self.scanner} scanner: {process.ready_line!r}")
         url = f"http://127.0.0.1:{match.group(1).decode()}"
-        version = subprocess.run(
-            [sys.executable, "-m", "relay", "--version"],
-            capture_output=True,
-            text=True,
-            check=True,
-            env={**os.environ, **env},
-        ).stdout.strip()
         h3 = _H3_LISTENING.search(process.ready_line)
         # One port serves HTTP/1.1 and h2c (prior knowledge); HTTP/3 has its own.
         return Running(
@@ -119,7 +108,6 @@ class SseRelay(Contender):
             url,
             (process.pid,),
             h2c_url=url,
-            version=version,
             processes=[process],
             h3_url=f"https://127.0.0.1:{h3.group(1).decode()}" if h3 else None,
             ca_file=str(workdir / "ca.pem"),
@@ -160,27 +148,13 @@ class Nginx(Contender):
         wait_for_port(h2c_port)
         # The master only supervises, but its CPU counts too.
         pids = (process.pid, *_worker_pids(process.pid))
-        version = subprocess.run(
-            [NGINX, "-v"], capture_output=True, text=True, check=True
-        ).stderr.strip()
         return Running(
             self.key,
             f"http://127.0.0.1:{h1_port}",
             pids,
             f"http://127.0.0.1:{h2c_port}",
-            version,
-            [process],
+            processes=[process],
         )
-
-
-@functools.cache
-def _admin_off() -> list[str]:
-    """Turns the admin listener off where the relay has one: its fixed default port would
-    clash between the two relays, and /metrics is not what is measured."""
-    usage = subprocess.run(
-        [sys.executable, "-m", "relay", "--help"], capture_output=True, text=True, check=True
-    ).stdout
-    return ["--admin-listen", "off"] if "--admin-listen" in usage else []
 
 
 def _worker_pids(master: int, timeout: float = 5.0) -> list[int]:
@@ -243,7 +217,6 @@ class NaiveRelay(Contender):
             self.key,
             f"http://127.0.0.1:{match.group(1).decode()}",
             (process.pid,),
-            version=f"aiohttp {aiohttp.__version__}",
             processes=[process],
         )
 

@@ -54,7 +54,7 @@ def save(results: dict[str, Any], path: Path) -> None:
     stream_counts = sorted({r["streams"] for r in latency})
     cost = results.get("cost", [])
     climbed = sorted({r["streams"] for r in cost if r["streams"] > 1})
-    columns = max(1, len(stream_counts), 2)
+    columns = max(2, len(stream_counts))
     fig, axes = plt.subplots(2, columns, figsize=(5 * columns, 8.5), squeeze=False)
     for ax, streams in zip(axes[0], stream_counts, strict=False):
         series = {}

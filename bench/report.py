@@ -377,7 +377,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         growth = relay_idle.get("rss_kib_per_stream")
         check(
             f"{streams} idle streams: RSS ≤ 25 KiB per stream",
-            f"{growth:.1f} KiB",
+            f"{growth:.1f} KiB" if growth is not None else "not measured",
             growth is not None and growth <= 25,
         )
     scanner = {(r["scanner"], r["chunk_bytes"]): r["mb_per_s"] for r in results.get("scanner", [])}
