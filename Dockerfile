@@ -25,7 +25,8 @@ FROM debian:bookworm-slim
 RUN useradd --system --no-create-home --shell /usr/sbin/nologin sse-relay
 COPY --from=build /out/sse-relay /usr/local/bin/sse-relay
 USER sse-relay
-EXPOSE 8080 9901
+# The admin port (9901) is 127.0.0.1 unless --admin-listen says otherwise.
+EXPOSE 8080
 # /healthz on the admin listener (--admin-listen, default 127.0.0.1:9901), over bash's
 # /dev/tcp: no HTTP client needs installing for one GET.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
@@ -33,4 +34,6 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
         && printf "GET /healthz HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n" >&3 \
         && head -n 1 <&3 | grep -q " 200 "'
 ENTRYPOINT ["/usr/local/bin/sse-relay"]
+# Arguments given to `docker run` replace this whole line, so they repeat --listen (an
+# environment default instead would override a config file's `listen`).
 CMD ["--listen", "0.0.0.0:8080"]

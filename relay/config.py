@@ -130,7 +130,8 @@ def _admin_listen(value: str) -> tuple[str, int] | None:
 
 def _workers(value: str) -> int:
     if value == "auto":
-        return os.cpu_count() or 1
+        # The CPUs this process may run on (taskset, cgroup cpusets), not the host's.
+        return len(os.sched_getaffinity(0))
     try:
         return _positive_int(value)
     except ValueError:
@@ -295,6 +296,7 @@ def config_field(flag: str) -> str | None:
     """The RelayConfig field a setting fills as it is, if one does (others are built)."""
     name = _RENAMED_FIELDS.get(flag, flag.replace("-", "_"))
     return name if name in _FIELD_NAMES else None
+
 
 #: What a `[[route]]` table may set; what it leaves out comes from the top level.
 ROUTE_KEYS = ("prefix", "keepalive-interval", "upstream")

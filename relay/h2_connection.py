@@ -18,6 +18,8 @@ from h2.connection import (
     H2ConnectionStateMachine,
 )
 
+# What an h2c client sends first (RFC 9113 3.4): how a shared port tells HTTP/2 apart.
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 _OPEN = (ConnectionState.CLIENT_OPEN, ConnectionState.SERVER_OPEN)
 _GOAWAY = (ConnectionInputs.SEND_GOAWAY, ConnectionInputs.RECV_GOAWAY)
 _GRACEFUL_TRANSITIONS = {

@@ -9,11 +9,10 @@ from __future__ import annotations
 import asyncio
 from typing import cast
 
+from relay.h2_connection import H2_PREFACE
 from relay.h2_server import H2Server
 from relay.http1_server import Http1Server
 from relay.relay_context import RelayContext
-
-H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
 class FirstBytesProtocol(asyncio.Protocol):

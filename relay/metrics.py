@@ -65,8 +65,7 @@ class RelayMetrics:
         )
         self._streams = Counter(
             "sse_relay_streams",
-            "Finished streams, by the status sent to the client ('none' if none was) and "
-            "outcome",
+            "Finished streams, by the status sent to the client ('none' if none was) and outcome",
             ["http_version", "status", "outcome"],
             registry=registry,
         )

@@ -23,10 +23,9 @@ from typing import Any, cast
 
 import h11
 
+from relay.h2_connection import H2_PREFACE
 from relay.sim_h2 import Http2Connection
 from relay.sim_script import RecordedRequest, SimScript, play
-
-H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
 @dataclass(frozen=True)

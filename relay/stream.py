@@ -281,9 +281,7 @@ class RelayStream:
         scanner = self._scanner
         if scanner is not None and needs_truncation_error(scanner):
             self._upstream_error = "truncated"
-            self._terminate(
-                self._lost("the stream ended without message_stop"), Outcome.TRUNCATED
-            )
+            self._terminate(self._lost("the stream ended without message_stop"), Outcome.TRUNCATED)
             return
         self._finish(Outcome.COMPLETED)
         self._client.send_end()
