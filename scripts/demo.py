@@ -52,9 +52,12 @@ def main() -> int:
     }
     start = time.monotonic()
     try:
-        with httpx2.Client(timeout=120) as client, client.stream(
-            "POST", f"http://127.0.0.1:{relay_port}/v1/messages", json=body
-        ) as response:
+        with (
+            httpx2.Client(timeout=120) as client,
+            client.stream(
+                "POST", f"http://127.0.0.1:{relay_port}/v1/messages", json=body
+            ) as response,
+        ):
             buffer = b""
             for chunk in response.iter_raw():
                 buffer += chunk
