@@ -187,8 +187,12 @@ class UpstreamPool:
             ) from None
         self.connections_opened += 1
         self._speaks_h2 = isinstance(connection, H2Upstream)
-        if isinstance(connection, H2Upstream) and not connection.draining:
-            # (A GOAWAY may have come with upstream's first SETTINGS.)
+        if isinstance(connection, H2Upstream):
+            if not connection.has_room:
+                # A GOAWAY with its first SETTINGS, or no concurrent streams at all: a
+                # failed connect (retried with backoff), not a reason to connect again now.
+                connection.close()
+                raise UpstreamUnavailable(f"upstream {self.url} accepts no HTTP/2 streams")
             self._multiplexed.append(connection)
         return connection
 

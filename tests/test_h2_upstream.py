@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import socket
@@ -12,6 +13,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import h2.config
+import h2.connection
+import h2.settings
 import httpx2
 import pytest
 import trustme
@@ -247,6 +251,58 @@ def test_failures_before_the_head_are_retried_then_a_retryable_502(
         assert len(sim.requests) - before == 3
         versions = {r.http_version for r in sim.requests[before:]}
         assert versions == {"2" if protocol == "h2" else "1.1"}
+
+
+@contextlib.contextmanager
+def _h2_upstream_without_streams(goaway: bool) -> Iterator[tuple[int, list[int]]]:
+    """An h2c upstream whose first SETTINGS allow no streams, or come with a GOAWAY;
+    yields its port and a list that counts the connections it accepted."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    accepted: list[int] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        held = []
+        while not stop.is_set():
+            try:
+                sock, _ = listener.accept()
+            except TimeoutError:
+                continue
+            accepted.append(1)
+            conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+            conn.initiate_connection()
+            if goaway:
+                conn.close_connection()
+            else:
+                conn.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 0})
+            sock.sendall(conn.data_to_send())
+            held.append(sock)
+        for sock in held:
+            sock.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1], accepted
+    finally:
+        stop.set()
+        thread.join()
+        listener.close()
+
+
+@pytest.mark.parametrize("goaway", [False, True], ids=["no-streams", "goaway-at-once"])
+def test_an_h2_upstream_that_takes_no_streams_is_a_failed_connect(goaway: bool) -> None:
+    with (
+        _h2_upstream_without_streams(goaway) as (port, accepted),
+        RelayProcess(f"http://127.0.0.1:{port}", *H2) as relay,
+    ):
+        status, headers, body = raw_stream(relay.url)
+    # Retried like any failed connect (three tries), then a retryable 502; never a
+    # reconnect loop that leaves the request hanging.
+    assert status == 502 and headers["x-should-retry"] == "true"
+    assert "accepts no HTTP/2 streams" in json.loads(body)["error"]["message"]
+    assert len(accepted) == 3
 
 
 @pytest.mark.parametrize("protocol", ["h2", "http/1.1"])
