@@ -188,8 +188,7 @@ class H2Server(asyncio.Protocol):
         except h2.exceptions.ProtocolError as exc:
             log.warning("HTTP/2 protocol error from %s: %s", self._client_ip, exc)
             self.flush()  # h2 queued a GOAWAY naming the error
-            if self._transport is not None:
-                self._transport.close()
+            self._terminate()
             return
         for event in events:
             self._dispatch(event)
@@ -197,10 +196,21 @@ class H2Server(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._context.on_drain.discard(self.drain)
+        self._drop_streams()
+
+    def _drop_streams(self) -> None:
         streams, self._streams = self._streams, {}
         for stream in streams.values():
             if stream.relay is not None:
                 stream.relay.on_client_gone()
+
+    def _terminate(self) -> None:
+        """The connection is dead to h2: its streams end now. The transport may linger
+        (a slow reader's bytes still buffered), and writing for a stream of a closed
+        connection would raise into whoever called, a shared upstream connection too."""
+        self._drop_streams()
+        if self._transport is not None:
+            self._transport.close()
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -238,14 +248,14 @@ class H2Server(asyncio.Protocol):
             elif (stream := self._streams.get(event.stream_id)) is not None:
                 stream.push()
         elif isinstance(event, h2.events.StreamReset):
-            stream = self._streams.pop(event.stream_id, None)
+            stream = self._remove(event.stream_id)
             if stream is not None and stream.relay is not None:
                 stream.relay.on_client_gone()
         elif isinstance(event, h2.events.RemoteSettingsChanged):
             for stream in list(self._streams.values()):
                 stream.push()
-        elif isinstance(event, h2.events.ConnectionTerminated) and self._transport is not None:
-            self._transport.close()
+        elif isinstance(event, h2.events.ConnectionTerminated):
+            self._terminate()
 
     def _open_stream(self, event: h2.events.RequestReceived) -> None:
         stream_id = event.stream_id
@@ -282,7 +292,7 @@ class H2Server(asyncio.Protocol):
             self.schedule_flush()
 
     def reset(self, stream_id: int, code: ErrorCodes) -> None:
-        self._streams.pop(stream_id, None)
+        self._remove(stream_id)
         try:
             self.conn.reset_stream(stream_id, code)
         except h2.exceptions.StreamClosedError:
@@ -291,8 +301,17 @@ class H2Server(asyncio.Protocol):
         self._close_when_idle()
 
     def forget(self, stream_id: int) -> None:
-        self._streams.pop(stream_id, None)
+        self._remove(stream_id)
         self._close_when_idle()
+
+    def _remove(self, stream_id: int) -> H2ClientStream | None:
+        stream = self._streams.pop(stream_id, None)
+        if stream is not None and stream.unacked:
+            # Request body bytes held for a blocked upstream: the connection window
+            # gets them back, or every stream ended this way shrinks it for good.
+            self.acknowledge(stream_id, stream.unacked)
+            stream.unacked = None
+        return stream
 
     def schedule_flush(self) -> None:
         # Coalesce frames from many streams (and many upstream chunks) into one write.

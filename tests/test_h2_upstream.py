@@ -337,3 +337,29 @@ def test_a_paused_stream_stalls_alone_and_memory_stays_bounded() -> None:
     assert all(b"event: message_stop" in client.data[s] for s in others)
     assert stuck not in client.ended
     assert grown < 16 * 1024, grown
+
+
+def test_a_client_breaking_http2_does_not_break_the_upstream_connection_it_shares() -> None:
+    """A client that stops reading, then breaks the protocol, leaves its bytes buffered
+    in the relay: its connection lingers while its streams' upstream data keeps coming.
+    Those streams must end at once, not write into a dead h2 connection (which raised
+    into the shared upstream connection and cut every other client's stream)."""
+    with SimServer() as sim, RelayProcess(sim.url, *H2) as relay:
+        other = RawH2Client(relay.port)
+        breaker = RawH2Client(relay.port, stream_window=1 << 24, receive_buffer=4096)
+        try:
+            survivor = other.stream({"gaps": [[3, 2.0]]})
+            other.pump_until(lambda: b"message_start" in other.data[survivor])
+            breaker.stream({"bulk_bytes": 50 * 1024 * 1024})  # fills the relay's buffers
+            ticking = breaker.stream({"gaps": [[2, 1.0]]})  # more events after the break
+            breaker.pump_until(lambda: b"message_start" in breaker.data[ticking])
+            time.sleep(0.5)  # the bulk stream fills every buffer between us
+            # A DATA frame on stream 0: a connection error for the relay's h2.
+            breaker.sock.sendall(b"\x00\x00\x01\x00\x00\x00\x00\x00\x00x")
+            other.pump_until(lambda: survivor in other.ended)
+        finally:
+            breaker.close()
+            other.close()
+        assert sim.connections == 1  # one upstream connection carried both clients
+    assert b"event: message_stop" in other.data[survivor]
+    assert b"event: error" not in other.data[survivor]
