@@ -22,7 +22,7 @@ MAX_SIZE_DIGITS = 20
 
 _HEX = b"0123456789abcdefABCDEF"
 _OWS = b" \t"
-_NO_BODY_STATUS = frozenset({204, 304})
+NO_BODY_STATUS = frozenset({204, 304})
 
 Deliver = Callable[[bytes], None]
 
@@ -54,7 +54,7 @@ def body_decoder(
     RFC 9112 section 6.3 as h11 applies it; `headers` are the ones h11 parsed (names
     lower-case, Transfer-Encoding only ever `chunked`, Content-Length validated).
     """
-    if method == b"HEAD" or status in _NO_BODY_STATUS:
+    if method == b"HEAD" or status in NO_BODY_STATUS:
         return None
     length = None
     for name, value in headers:

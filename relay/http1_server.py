@@ -14,6 +14,7 @@ from typing import cast
 import h11
 
 from relay.access_log import redact_text
+from relay.body_decoder import NO_BODY_STATUS
 from relay.errors import (
     BadRequest,
     HeadersTooLarge,
@@ -37,7 +38,6 @@ IDLE_SECONDS = 620.0
 # for this long before closing: closing with unread input makes the kernel send RST,
 # which can destroy the answer before the client reads it.
 LINGER_SECONDS = 2.0
-_NO_BODY_STATUS = frozenset({204, 304})
 log = logging.getLogger("sse_relay")
 _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 
@@ -45,10 +45,14 @@ _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 def _origin_form(target: bytes) -> bytes:
     """The path of an absolute-form target (sent by clients that take the relay for an
     HTTP proxy), which is what upstream must see; any other target as it is."""
-    if not target.startswith((b"http://", b"https://")):
+    if not target[:8].lower().startswith((b"http://", b"https://")):
         return target
-    path = target.find(b"/", target.index(b"//") + 2)
-    return target[path:] if path != -1 else b"/"
+    authority = target.index(b"//") + 2
+    ends = [i for i in (target.find(b"/", authority), target.find(b"?", authority)) if i != -1]
+    if not ends:
+        return b"/"
+    rest = target[min(ends) :]
+    return rest if rest.startswith(b"/") else b"/" + rest  # "http://host?q" -> "/?q"
 
 
 class Http1Server(asyncio.Protocol):
@@ -252,7 +256,7 @@ class Http1Server(asyncio.Protocol):
         chunked = (
             self._h11.their_http_version == b"1.1"
             and self._method != b"HEAD"
-            and status not in _NO_BODY_STATUS
+            and status not in NO_BODY_STATUS
             and all(name != b"content-length" for name, _ in headers)
         )
         if chunked:

@@ -346,3 +346,8 @@ def test_absolute_form_target_reaches_upstream_as_its_path(
     answer = raw_http(relay.port, request + b"connection: close\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 ")
     assert sim.requests[-1].target == "/v1/models?beta=true"
+    # No path, a query, a scheme in capitals: still a path upstream can take.
+    request = b"GET HTTP://api.example?beta=true HTTP/1.1\r\nhost: api.example\r\n"
+    answer = raw_http(relay.port, request + b"connection: close\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 ")
+    assert sim.requests[-1].target == "/?beta=true"
