@@ -1,6 +1,7 @@
 """`h2`'s connection as the relay's HTTP/2 endpoints use it.
 
-Two things `h2` leaves to its user, done once: streams outlive a GOAWAY, as RFC 9113
+What `h2` leaves to its user, done once: the protocol plumbing every endpoint needs
+(`H2Endpoint`), streams that outlive a GOAWAY, as RFC 9113
 section 6.8 allows (`h2` moves the whole connection to CLOSED on sending or receiving
 one and then refuses every frame, python-hyper/h2#1181), and queued DATA goes out as
 far as a stream's flow-control window allows.
@@ -8,6 +9,7 @@ far as a stream's flow-control window allows.
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 
 from h2.config import H2Configuration
@@ -65,3 +67,41 @@ class GracefulH2Connection(H2Connection):
         # h2 drops unsent frames on receiving GOAWAY; on a connection that stays up,
         # WINDOW_UPDATEs and RST_STREAMs already queued must still go out.
         return
+
+
+class H2Endpoint(asyncio.Protocol):
+    """One h2 connection over one transport, as every HTTP/2 side here runs it: frames
+    of many streams coalesced into one write per loop pass, and the streams told when
+    the socket's send buffer fills or drains (`write_pause_changed`)."""
+
+    def __init__(self, conn: H2Connection) -> None:
+        self.conn = conn
+        self._transport: asyncio.Transport | None = None
+        self._loop = asyncio.get_running_loop()
+        self._flush_scheduled = False
+        #: The socket's send buffer is over its high-water mark: every stream waits.
+        self.write_paused = False
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        self.write_pause_changed()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self.write_pause_changed()
+
+    def write_pause_changed(self) -> None:
+        """Every stream re-checks whether it may send, and pauses or resumes its source."""
+        raise NotImplementedError
+
+    def schedule_flush(self) -> None:
+        # Coalesce frames from many streams (and many chunks) into one write.
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._flush_scheduled = False
+        data = self.conn.data_to_send()
+        if data and self._transport is not None and not self._transport.is_closing():
+            self._transport.write(data)

@@ -23,7 +23,7 @@ from h2.errors import ErrorCodes
 
 from relay.errors import HeadersTooLarge
 from relay.exchange import Headers, RequestHead
-from relay.h2_connection import SendQueue, send_queued
+from relay.h2_connection import H2Endpoint, SendQueue, send_queued
 from relay.headers import split_request_fields
 from relay.relay_context import RelayContext
 from relay.stream import RelayStream
@@ -134,20 +134,15 @@ class H2ClientStream:
                 self.relay.on_client_resumed()
 
 
-class H2Server(asyncio.Protocol):
+class H2Server(H2Endpoint):
     """One client connection speaking HTTP/2."""
 
     def __init__(self, context: RelayContext) -> None:
         self._context = context
         config = h2.config.H2Configuration(client_side=False, header_encoding=None)
-        self.conn = h2.connection.H2Connection(config)
-        self._transport: asyncio.Transport | None = None
+        super().__init__(h2.connection.H2Connection(config))
         self._client_ip: str | None = None
         self._streams: dict[int, H2ClientStream] = {}
-        self._flush_scheduled = False
-        #: The socket's send buffer is over its high-water mark: every stream waits.
-        self.write_paused = False
-        self._loop = asyncio.get_running_loop()
         self._max_streams = min(MAX_CONCURRENT_STREAMS, context.config.max_streams)
         self._draining = False
 
@@ -212,13 +207,7 @@ class H2Server(asyncio.Protocol):
         if self._transport is not None:
             self._transport.close()
 
-    def pause_writing(self) -> None:
-        self.write_paused = True
-        for stream in list(self._streams.values()):
-            stream.update_pause()
-
-    def resume_writing(self) -> None:
-        self.write_paused = False
+    def write_pause_changed(self) -> None:
         for stream in list(self._streams.values()):
             stream.update_pause()
 
@@ -312,18 +301,6 @@ class H2Server(asyncio.Protocol):
             self.acknowledge(stream_id, stream.unacked)
             stream.unacked = None
         return stream
-
-    def schedule_flush(self) -> None:
-        # Coalesce frames from many streams (and many upstream chunks) into one write.
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self.flush)
-
-    def flush(self) -> None:
-        self._flush_scheduled = False
-        data = self.conn.data_to_send()
-        if data and self._transport is not None and not self._transport.is_closing():
-            self._transport.write(data)
 
     def drain(self) -> None:
         """Graceful shutdown: refuse new streams, GOAWAY once the live ones have ended.

@@ -22,7 +22,7 @@ import h2.exceptions
 import h2.settings
 from h2.errors import ErrorCodes
 
-from relay.h2_connection import GracefulH2Connection, SendQueue, send_queued
+from relay.h2_connection import GracefulH2Connection, H2Endpoint, SendQueue, send_queued
 from relay.sim_script import RecordedRequest, play
 
 if TYPE_CHECKING:
@@ -100,22 +100,19 @@ class _Stream:
             self._drained.set()
 
 
-class Http2Connection(asyncio.Protocol):
+class Http2Connection(H2Endpoint):
     """One HTTP/2 connection of the sim, answering each stream with the script."""
 
     def __init__(self, state: SimState, number: int) -> None:
         self._state = state
         self._number = number
         config = h2.config.H2Configuration(client_side=False, header_encoding=None)
-        self.conn = GracefulH2Connection(config)
-        self._transport: asyncio.Transport | None = None
+        super().__init__(GracefulH2Connection(config))
         self._streams: dict[int, _Stream] = {}
         self._last_started = 0
         self._goaway_last: int | None = None  # our GOAWAY's last stream id, once sent
-        self._flush_scheduled = False
         self._closed_by_us = False
         self._peer_left_at: float | None = None
-        self.write_paused = False
 
     # asyncio.Protocol
 
@@ -150,12 +147,7 @@ class Http2Connection(asyncio.Protocol):
             cast(asyncio.Task[None], stream.responder).cancel()
         self._streams.clear()
 
-    def pause_writing(self) -> None:
-        self.write_paused = True
-        self._push_all()
-
-    def resume_writing(self) -> None:
-        self.write_paused = False
+    def write_pause_changed(self) -> None:
         self._push_all()
 
     # For SimState and the streams
@@ -192,17 +184,6 @@ class Http2Connection(asyncio.Protocol):
             self.conn.reset_stream(stream_id, code)
         self.schedule_flush()
         self._close_when_done()
-
-    def schedule_flush(self) -> None:
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush)
-
-    def flush(self) -> None:
-        self._flush_scheduled = False
-        data = self.conn.data_to_send()
-        if data and self._transport is not None and not self._transport.is_closing():
-            self._transport.write(data)
 
     # Events
 

@@ -22,7 +22,7 @@ from h2.errors import ErrorCodes
 
 from relay.errors import UpstreamUnavailable, upstream_failure
 from relay.exchange import Headers, ResponseSink
-from relay.h2_connection import GracefulH2Connection, SendQueue, send_queued
+from relay.h2_connection import GracefulH2Connection, H2Endpoint, SendQueue, send_queued
 from relay.upstream_http1 import MAX_RESPONSE_HEAD
 
 if TYPE_CHECKING:
@@ -119,19 +119,15 @@ class H2Exchange:
             sink.on_upstream_failed(upstream_failure(message, head_seen=self.head_seen))
 
 
-class H2Upstream(asyncio.Protocol):
+class H2Upstream(H2Endpoint):
     """An HTTP/2 connection to upstream, multiplexing exchanges as streams."""
 
     def __init__(self, pool: UpstreamPool) -> None:
         self._pool = pool
         config = h2.config.H2Configuration(client_side=True, header_encoding=None)
-        self.conn = GracefulH2Connection(config)
+        super().__init__(GracefulH2Connection(config))
         self._scheme = b"https" if pool.target.tls else b"http"
-        self._transport: asyncio.Transport | None = None
         self._streams: dict[int, H2Exchange] = {}
-        self._loop = asyncio.get_running_loop()
-        self._flush_scheduled = False
-        self.write_paused = False
         #: No new streams here: upstream sent GOAWAY, or the connection is closing.
         self.draining = False
         #: Done once upstream's first SETTINGS arrived: only then is its stream limit known.
@@ -206,13 +202,7 @@ class H2Upstream(asyncio.Protocol):
         reason = f": {exc}" if exc else ""
         self._fail_all(f"upstream {self._pool.url} closed the connection{reason}")
 
-    def pause_writing(self) -> None:
-        self.write_paused = True
-        for stream in list(self._streams.values()):
-            stream.update_blocked()
-
-    def resume_writing(self) -> None:
-        self.write_paused = False
+    def write_pause_changed(self) -> None:
         for stream in list(self._streams.values()):
             stream.update_blocked()
 
@@ -305,18 +295,6 @@ class H2Upstream(asyncio.Protocol):
         if size and self._transport is not None:
             self.conn.acknowledge_received_data(size, stream_id)
             self.schedule_flush()
-
-    def schedule_flush(self) -> None:
-        # Coalesce frames from many streams (and many chunks) into one write.
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self.flush)
-
-    def flush(self) -> None:
-        self._flush_scheduled = False
-        data = self.conn.data_to_send()
-        if data and self._transport is not None and not self._transport.is_closing():
-            self._transport.write(data)
 
     # -- internals --------------------------------------------------------------------
 
