@@ -23,7 +23,7 @@ from h2.errors import ErrorCodes
 
 from relay.errors import HeadersTooLarge
 from relay.exchange import Headers, RequestHead
-from relay.h2_connection import H2Endpoint, SendQueue, send_queued
+from relay.h2_connection import GracefulH2Connection, H2Endpoint, SendQueue, send_queued
 from relay.headers import split_request_fields
 from relay.relay_context import RelayContext
 from relay.stream import RelayStream
@@ -140,7 +140,7 @@ class H2Server(H2Endpoint):
     def __init__(self, context: RelayContext) -> None:
         self._context = context
         config = h2.config.H2Configuration(client_side=False, header_encoding=None)
-        super().__init__(h2.connection.H2Connection(config))
+        super().__init__(GracefulH2Connection(config))
         self._client_ip: str | None = None
         self._streams: dict[int, H2ClientStream] = {}
         self._max_streams = min(MAX_CONCURRENT_STREAMS, context.config.max_streams)
@@ -244,7 +244,11 @@ class H2Server(H2Endpoint):
             for stream in list(self._streams.values()):
                 stream.push()
         elif isinstance(event, h2.events.ConnectionTerminated):
-            self._terminate()
+            if event.error_code == ErrorCodes.NO_ERROR:
+                # A client's polite GOAWAY: no new streams, but the live ones finish.
+                self.drain()
+            else:
+                self._terminate()
 
     def _open_stream(self, event: h2.events.RequestReceived) -> None:
         stream_id = event.stream_id

@@ -243,3 +243,20 @@ def test_connection_window_fits_many_uploads_at_once(relay: RelayProcess) -> Non
     finally:
         client.close()
     assert window >= 16 * client.conn.remote_settings.initial_window_size
+
+
+def test_a_client_goaway_lets_its_live_stream_finish(sim: SimServer) -> None:
+    """GOAWAY(NO_ERROR) from a client means "no new streams" (RFC 9113 6.8), as Node's
+    session.close() sends it: the stream already running must still finish."""
+    with RelayProcess(sim.url, keepalive=KA) as relay:
+        client = RawH2Client(relay.port)
+        try:
+            stream = client.stream({"gaps": [[2, 0.5]]})
+            client.pump_until(lambda: b"message_start" in client.data[stream])
+            # GOAWAY(last stream 0, NO_ERROR) written raw: h2 itself would stop reading.
+            client.sock.sendall(b"\x00\x00\x08\x07\x00\x00\x00\x00\x00" + bytes(8))
+            client.pump_until(lambda: stream in client.ended)
+        finally:
+            client.close()
+    assert b"event: message_stop" in client.data[stream]
+    assert stream not in client.reset_codes
