@@ -161,8 +161,9 @@ class H2Server(H2Endpoint):
         }
         self.conn.local_settings = h2.settings.Settings(client=False, initial_values=advertised)
         self.conn.initiate_connection()
-        # The connection window starts at 64 KiB whatever SETTINGS say: open it as wide
-        # as the streams' windows together, or many concurrent uploads queue behind it.
+        # The connection window starts at 64 KiB whatever SETTINGS say: widen it to 16
+        # streams' windows, or concurrent uploads queue behind it (request bodies are
+        # small; a wider one would only let a client park more bytes here).
         self.conn.increment_flow_control_window(CONNECTION_WINDOW)
         # h2 enforces its local settings as connection errors, which would kill every
         # stream of a client that is merely one over: advertise the limits above, but let
