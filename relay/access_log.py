@@ -79,6 +79,7 @@ def stream_fields(record: StreamRecord) -> dict[str, Any]:
         "pings": record.pings,
         "retries": record.retries,
         "upstream_error": record.upstream_error,
+        "error_detail": record.error_detail,
     }
 
 

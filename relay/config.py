@@ -65,6 +65,7 @@ class RelayConfig:
     max_header_bytes: int = 64 * 1024
     max_body_bytes: int = 32 * 1024 * 1024
     header_timeout: float = 30.0
+    body_timeout: float = 60.0
     max_streams: int = 10_000
     retry_attempts: int = 3
     retry_budget: float = 10.0
@@ -231,6 +232,12 @@ SETTINGS: tuple[_Setting, ...] = (
     _Setting("max-header-bytes", _positive_int, "request head size limit, 431 past it (65536)"),
     _Setting("max-body-bytes", _positive_int, "request body limit, 413 past it (33554432)"),
     _Setting("header-timeout", _positive_seconds, "time to send a request head, 408 past it (30)"),
+    _Setting(
+        "body-timeout",
+        _positive_seconds,
+        "longest pause in a request body before the answer starts, 408 past it (60)",
+        "SECONDS",
+    ),
     _Setting("max-streams", _positive_int, "concurrent streams, 503 past it (10000)"),
     _Setting("retry-attempts", _positive_int, "upstream tries per request, first included (3)"),
     _Setting(

@@ -26,9 +26,17 @@ class RelayError(Exception):
     #: What went wrong, as the `kind` label of sse_relay_upstream_errors_total.
     kind: str = "lost"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, detail: str | None = None) -> None:
         super().__init__(message)
+        #: What the client is told: never an internal address.
         self.message = message
+        #: What only the log gets: which upstream, the library's own words.
+        self.detail = detail
+
+    @property
+    def logged(self) -> str:
+        """The message with its detail, for the relay's own log."""
+        return self.message if self.detail is None else f"{self.message} ({self.detail})"
 
 
 class UpstreamUnavailable(RelayError):
@@ -112,6 +120,22 @@ class HeaderTimeout(RelayError):
     close_connection = True
 
 
+class BodyTimeout(HeaderTimeout):
+    """The request body stalled before upstream answered (--body-timeout)."""
+
+
+class MethodNotAllowed(BadRequest):
+    """A method a Messages API relay never forwards (CONNECT)."""
+
+    status = 405
+
+
+class VersionNotSupported(BadRequest):
+    """An HTTP/1 request line naming a version other than 1.0 or 1.1."""
+
+    status = 505
+
+
 class Overloaded(RelayError):
     """The relay is at its stream limit, or draining for a restart."""
 
@@ -120,10 +144,11 @@ class Overloaded(RelayError):
     retry_after = 1
 
 
-def upstream_failure(message: str, *, head_seen: bool) -> RelayError:
+def upstream_failure(message: str, detail: str, *, head_seen: bool) -> RelayError:
     """How an upstream failure reaches the core, for HTTP/1.1 and HTTP/2 alike: free to
     retry until a response head arrived."""
-    return UpstreamLost(message) if head_seen else UpstreamUnavailable(message)
+    kind = UpstreamLost if head_seen else UpstreamUnavailable
+    return kind(message, detail)
 
 
 def new_request_id() -> str:

@@ -77,6 +77,8 @@ class StreamSettings:
     read_timeout: float
     #: A client that takes nothing for this long while bytes wait for it is dropped.
     send_timeout: float
+    #: A request body that gets no byte for this long before the answer starts: 408.
+    body_timeout: float
     max_body_bytes: int
     retry: RetryPolicy
     body_policy: BodyPolicy

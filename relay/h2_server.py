@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import deque
 from typing import cast
 
 import h2.config
@@ -21,12 +20,22 @@ import h2.exceptions
 import h2.settings
 from h2.errors import ErrorCodes
 
-from relay.errors import HeadersTooLarge
-from relay.exchange import Headers, RequestHead
-from relay.h2_connection import GracefulH2Connection, H2Endpoint, SendQueue, send_queued
+from relay.errors import BadRequest, HeadersTooLarge
+from relay.exchange import RequestHead
+from relay.h2_client_stream import H2ClientStream
+from relay.h2_connection import GracefulH2Connection, H2Endpoint
+from relay.h2_guard import (
+    CONTROL_BURST,
+    CONTROL_PER_SECOND,
+    OUTPUT_BACKLOG,
+    READ_SLICE,
+    RESETS_BURST,
+    RESETS_PER_SECOND,
+    RateLimit,
+    header_block_pending,
+)
 from relay.headers import split_request_fields
 from relay.relay_context import RelayContext
-from relay.stream import RelayStream
 
 log = logging.getLogger("sse_relay")
 
@@ -41,97 +50,10 @@ _STREAMS_CEILING_FACTOR = 2
 INITIAL_WINDOW = 1 << 20
 # Request bodies across all streams of one connection (connection-level window).
 CONNECTION_WINDOW = 16 * INITIAL_WINDOW
-# Header blocks past our advertised limit get a per-stream 431; far past it (an HPACK
-# bomb) h2 ends the connection.
-HPACK_CEILING = 1 << 20
-# Headers that are meaningless in HTTP/2 and must not be sent (RFC 9113 8.2.2).
-_CONNECTION_SPECIFIC = frozenset(
-    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
-)
-
-
-class H2ClientStream:
-    """One HTTP/2 stream as the relay core's `ClientSide`."""
-
-    __slots__ = (
-        "_ended",
-        "_owner",
-        "_paused",
-        "_pending",
-        "id",
-        "relay",
-        "unacked",
-    )
-
-    def __init__(self, owner: H2Server, stream_id: int) -> None:
-        self._owner = owner
-        self.id = stream_id
-        self.relay: RelayStream | None = None
-        self._pending: SendQueue = deque()
-        self._ended = False
-        self._paused = False
-        #: Request body bytes received but not yet acknowledged (upstream paused).
-        self.unacked: int | None = None
-
-    # -- ClientSide -------------------------------------------------------------------
-
-    def send_head(self, status: int, headers: Headers) -> None:
-        block = [(b":status", str(status).encode())]
-        block += [(k, v) for k, v in headers if k not in _CONNECTION_SPECIFIC]
-        alt_svc = self._owner._context.alt_svc
-        if alt_svc is not None:
-            block.append((b"alt-svc", alt_svc))
-        self._owner.conn.send_headers(self.id, block)
-        self._owner.schedule_flush()
-
-    def send_body(self, data: bytes) -> None:
-        self._pending.append(data)
-        if len(self._pending) == 1:  # else a shut window holds the queue already
-            self.push()
-
-    def send_end(self) -> None:
-        self._ended = True
-        self.push()
-
-    def abort(self) -> None:
-        self._owner.reset(self.id, ErrorCodes.INTERNAL_ERROR)
-
-    def pause_request_body(self) -> None:
-        if self.unacked is None:
-            self.unacked = 0
-
-    def resume_request_body(self) -> None:
-        unacked, self.unacked = self.unacked, None
-        if unacked:
-            self._owner.acknowledge(self.id, unacked)
-
-    # -- flow control -----------------------------------------------------------------
-
-    def push(self) -> None:
-        """Send what the stream's window allows; pause upstream while data waits."""
-        conn = self._owner.conn
-        pending = self._pending
-        try:
-            send_queued(conn, self.id, pending)
-            if not pending and self._ended:
-                conn.end_stream(self.id)
-                self._owner.forget(self.id)
-        except h2.exceptions.StreamClosedError:
-            pending.clear()
-            self._owner.forget(self.id)
-            return
-        self._owner.schedule_flush()
-        self.update_pause()
-
-    def update_pause(self) -> None:
-        """Upstream reads pause while this stream's window or the socket is full."""
-        paused = bool(self._pending) or self._owner.write_paused
-        if paused != self._paused and self.relay is not None:
-            self._paused = paused
-            if paused:
-                self.relay.on_client_paused()
-            else:
-                self.relay.on_client_resumed()
+# Header blocks past our advertised limit get a per-stream 431; this far past it (an
+# HPACK bomb) h2 ends the connection. Decoding one block is one uninterrupted piece of
+# work, so the margin also bounds how long one client can hold the loop.
+HPACK_MARGIN = 64 * 1024
 
 
 class H2Server(H2Endpoint):
@@ -139,12 +61,28 @@ class H2Server(H2Endpoint):
 
     def __init__(self, context: RelayContext) -> None:
         self._context = context
-        config = h2.config.H2Configuration(client_side=False, header_encoding=None)
+        # Malformed requests are stream errors (RFC 9113 8.1.1): `relay.request_rules`
+        # and `split_request_fields` find them and answer 400 on that stream only, where
+        # h2's own validation would end the whole connection.
+        config = h2.config.H2Configuration(
+            client_side=False, header_encoding=None, validate_inbound_headers=False
+        )
         super().__init__(GracefulH2Connection(config))
         self._client_ip: str | None = None
         self._streams: dict[int, H2ClientStream] = {}
         self._max_streams = min(MAX_CONCURRENT_STREAMS, context.config.max_streams)
         self._draining = False
+        self._closed = False
+        now = self._loop.time()
+        self._resets = RateLimit(RESETS_BURST, RESETS_PER_SECOND, now)
+        self._control = RateLimit(CONTROL_BURST, CONTROL_PER_SECOND, now)
+        # Input read but not yet handled (more than one slice came in one read).
+        self._backlog: memoryview | None = None
+        self._reading_paused = False
+        # Every stream's window may have grown: push them all after this read.
+        self._push_all = False
+        # Armed while a frame header or header block is incomplete.
+        self._head_timer: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol -------------------------------------------------------------
 
@@ -168,17 +106,34 @@ class H2Server(H2Endpoint):
         # h2 enforces its local settings as connection errors, which would kill every
         # stream of a client that is merely one over: advertise the limits above, but let
         # h2 enforce only ceilings far past them, and refuse the excess per stream.
+        hpack_ceiling = self._context.config.max_header_bytes + HPACK_MARGIN
         enforced = {
             **advertised,
             codes.MAX_CONCURRENT_STREAMS: self._max_streams * _STREAMS_CEILING_FACTOR,
-            codes.MAX_HEADER_LIST_SIZE: HPACK_CEILING,
+            codes.MAX_HEADER_LIST_SIZE: hpack_ceiling,
         }
         self.conn.local_settings = h2.settings.Settings(client=False, initial_values=enforced)
-        self.conn.decoder.max_header_list_size = HPACK_CEILING
+        self.conn.decoder.max_header_list_size = hpack_ceiling
         self.flush()
         self._context.on_drain.add(self.drain)
 
     def data_received(self, data: bytes) -> None:
+        if self._backlog is not None:  # read before the pause took effect
+            self._backlog = memoryview(bytes(self._backlog) + data)
+            return
+        self._receive(memoryview(data))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._context.on_drain.discard(self.drain)
+        self._cancel_head_timer()
+        self._drop_streams()
+
+    def _receive(self, data: memoryview) -> None:
+        """Handle at most one slice of input now; the rest waits for the next loop pass."""
+        if len(data) > READ_SLICE:
+            self._backlog = data[READ_SLICE:]
+            data = data[:READ_SLICE]
+            self._loop.call_soon(self._receive_backlog)
         try:
             events = self.conn.receive_data(data)
         except h2.exceptions.ProtocolError as exc:
@@ -187,12 +142,70 @@ class H2Server(H2Endpoint):
             self._terminate()
             return
         for event in events:
+            if self._closed:
+                return
             self._dispatch(event)
+        if self._push_all:
+            # Once per read, however many connection-level WINDOW_UPDATEs (or SETTINGS)
+            # came in it: each would otherwise walk every stream.
+            self._push_all = False
+            for stream in list(self._streams.values()):
+                stream.push()
         self.flush()
+        self._update_reading()
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._context.on_drain.discard(self.drain)
-        self._drop_streams()
+    def _receive_backlog(self) -> None:
+        backlog, self._backlog = self._backlog, None
+        if backlog is not None and not self._closed:
+            self._receive(backlog)
+
+    def _update_reading(self) -> None:
+        """Read while there is no backlog and the client takes what we send it; watch
+        for a stalled header block only while reading."""
+        transport = self._transport
+        if transport is None or self._closed:
+            return
+        paused = self._backlog is not None or transport.get_write_buffer_size() > OUTPUT_BACKLOG
+        if paused != self._reading_paused:
+            self._reading_paused = paused
+            if paused:
+                transport.pause_reading()
+            else:
+                transport.resume_reading()
+        if paused or not header_block_pending(self.conn):
+            self._cancel_head_timer()
+        elif self._head_timer is None:
+            timeout = self._context.config.header_timeout
+            self._head_timer = self._loop.call_later(timeout, self._head_timed_out)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        timeout = self._context.config.header_timeout
+        log.warning(
+            "closed HTTP/2 connection from %s: a header block stalled for %g s",
+            self._client_ip,
+            timeout,
+        )
+        self._context.metrics.connection_closed("header_timeout")
+        self._go_away(ErrorCodes.NO_ERROR, b"request head not received in time")
+
+    def _go_away(self, code: ErrorCodes, reason: bytes) -> None:
+        if self._closed:
+            return
+        self.conn.close_connection(error_code=code, additional_data=reason)
+        self.flush()
+        self._terminate()
+
+    def _calm_down(self, reason: str, what: str) -> None:
+        """A flood: GOAWAY(ENHANCE_YOUR_CALM), and every stream of the connection ends."""
+        log.warning("closed HTTP/2 connection from %s: %s", self._client_ip, what)
+        self._context.metrics.connection_closed(reason)
+        self._go_away(ErrorCodes.ENHANCE_YOUR_CALM, what.encode())
 
     def _drop_streams(self) -> None:
         streams, self._streams = self._streams, {}
@@ -204,6 +217,9 @@ class H2Server(H2Endpoint):
         """The connection is dead to h2: its streams end now. The transport may linger
         (a slow reader's bytes still buffered), and writing for a stream of a closed
         connection would raise into whoever called, a shared upstream connection too."""
+        self._closed = True
+        self._backlog = None
+        self._cancel_head_timer()
         self._drop_streams()
         if self._transport is not None:
             self._transport.close()
@@ -211,6 +227,8 @@ class H2Server(H2Endpoint):
     def write_pause_changed(self) -> None:
         for stream in list(self._streams.values()):
             stream.update_pause()
+        if not self.write_paused:
+            self._update_reading()
 
     # -- events -> core ---------------------------------------------------------------
 
@@ -233,17 +251,23 @@ class H2Server(H2Endpoint):
                 stream.relay.on_request_end()
         elif isinstance(event, h2.events.WindowUpdated):
             if event.stream_id == 0:
-                for stream in list(self._streams.values()):
-                    stream.push()
+                self._push_all = True
             elif (stream := self._streams.get(event.stream_id)) is not None:
                 stream.push()
         elif isinstance(event, h2.events.StreamReset):
             stream = self._remove(event.stream_id)
             if stream is not None and stream.relay is not None:
                 stream.relay.on_client_gone()
+            if not self._resets.take(self._loop.time()):
+                self._calm_down("rapid_reset", "the client resets streams too fast")
         elif isinstance(event, h2.events.RemoteSettingsChanged):
-            for stream in list(self._streams.values()):
-                stream.push()
+            if not self._control.take(self._loop.time()):
+                self._calm_down("control_flood", "SETTINGS flood")
+                return
+            self._push_all = True
+        elif isinstance(event, h2.events.PingReceived):
+            if not self._control.take(self._loop.time()):
+                self._calm_down("control_flood", "PING flood")
         elif isinstance(event, h2.events.ConnectionTerminated):
             if event.error_code == ErrorCodes.NO_ERROR:
                 # A client's polite GOAWAY: no new streams, but the live ones finish.
@@ -256,28 +280,36 @@ class H2Server(H2Endpoint):
         if self._draining or len(self._streams) >= self._max_streams:
             self.reset(stream_id, ErrorCodes.REFUSED_STREAM)
             return
-        method, target, headers, size = split_request_fields(event.headers or ())
+        fields = split_request_fields(event.headers or ())
         stream = H2ClientStream(self, stream_id)
         self._streams[stream_id] = stream
         relay = self._context.new_stream(
             stream,
             RequestHead(
-                method,
-                target,
-                headers,
+                fields.method,
+                fields.target,
+                fields.headers,
                 self._client_ip,
                 has_body=event.stream_ended is None,
                 http_version="2",
             ),
         )
         stream.relay = relay
-        if size > self._context.config.max_header_bytes:
+        if fields.malformed is not None:
+            relay.refuse(BadRequest(f"malformed HTTP/2 request: {fields.malformed}"))
+            return
+        if fields.size > self._context.config.max_header_bytes:
             relay.refuse(HeadersTooLarge("request header fields too large"))
             return
         self._context.start(relay)
         stream.update_pause()
 
     # -- for the streams --------------------------------------------------------------
+
+    @property
+    def alt_svc(self) -> bytes | None:
+        """What responses advertise as Alt-Svc (HTTP/3), if anything."""
+        return self._context.alt_svc
 
     def acknowledge(self, stream_id: int, size: int) -> None:
         if size:

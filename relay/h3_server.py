@@ -35,12 +35,14 @@ from aioquic.quic.events import (
 from aioquic.quic.stream import QuicStreamSender
 
 from relay.config import RelayConfig
-from relay.errors import HeadersTooLarge
+from relay.errors import BadRequest, HeadersTooLarge
 from relay.exchange import Headers, RequestHead
 from relay.headers import split_request_fields
 from relay.quic_listener import QuicListener, QuicSession
 from relay.relay_context import RelayContext
 from relay.stream import RelayStream
+
+log = logging.getLogger("sse_relay")
 
 # Unacknowledged response bytes per stream: past HIGH its upstream pauses, below LOW
 # it resumes (the HTTP/2 adapter's socket buffer marks).
@@ -194,8 +196,10 @@ class H3Server:
         self.streams: dict[int, H3ClientStream] = {}
         #: Streams over their high-water mark, checked again after every send.
         self.paused: set[H3ClientStream] = set()
-        # Request streams whose header block is still arriving: bytes so far.
+        # Request streams whose header block is still arriving: bytes so far, and the
+        # timer that resets the stream if the block is not complete in time.
         self._head_bytes: dict[int, int] = {}
+        self._head_timers: dict[int, asyncio.TimerHandle] = {}
         # Streams we asked the client to stop sending on: what still comes is dropped.
         self._ignored: set[int] = set()
         self._draining = False
@@ -219,7 +223,7 @@ class H3Server:
             for h3_event in self._h3.handle_event(event):
                 self._dispatch(h3_event)
         if isinstance(event, StreamReset | StopSendingReceived):
-            self._head_bytes.pop(event.stream_id, None)
+            self._forget_head(event.stream_id)
             self._ignored.discard(event.stream_id)
             stream = self.streams.get(event.stream_id)
             if stream is not None:
@@ -234,6 +238,8 @@ class H3Server:
                     stream.relay.on_client_gone()
         elif isinstance(event, ConnectionTerminated):
             self._context.on_drain.discard(self.drain)
+            for stream_id in list(self._head_timers):
+                self._forget_head(stream_id)
             streams, self.streams = self.streams, {}
             self.paused.clear()
             for stream in streams.values():
@@ -259,12 +265,35 @@ class H3Server:
         if stream_id in self.streams or stream_is_unidirectional(stream_id):
             return True
         size = self._head_bytes.get(stream_id, 0) + len(event.data)
+        if stream_id not in self._head_timers:
+            timeout = self._context.config.header_timeout
+            self._head_timers[stream_id] = asyncio.get_running_loop().call_later(
+                timeout, self._head_timed_out, stream_id
+            )
         if size <= HEADERS_CEILING:
             self._head_bytes[stream_id] = size
             return True
-        del self._head_bytes[stream_id]
+        self._forget_head(stream_id)
         self.close_stream(stream_id, ErrorCode.H3_EXCESSIVE_LOAD, reading=True)
         return False
+
+    def _forget_head(self, stream_id: int) -> None:
+        self._head_bytes.pop(stream_id, None)
+        timer = self._head_timers.pop(stream_id, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _head_timed_out(self, stream_id: int) -> None:
+        """A request stream's header block stalled: the stream is reset, unanswered."""
+        self._head_timers.pop(stream_id, None)
+        if self._closed or self._head_bytes.pop(stream_id, None) is None:
+            return
+        log.warning(
+            "reset HTTP/3 stream %d: request head not received within %g s",
+            stream_id,
+            self._context.config.header_timeout,
+        )
+        self.close_stream(stream_id, ErrorCode.H3_REQUEST_INCOMPLETE, reading=True)
 
     def _dispatch(self, event: H3Event) -> None:
         if isinstance(event, DataReceived):
@@ -286,14 +315,14 @@ class H3Server:
 
     def _open_stream(self, event: HeadersReceived) -> None:
         stream_id = event.stream_id
-        self._head_bytes.pop(stream_id, None)
+        self._forget_head(stream_id)
         if self._draining:
             # Safe for every client to retry (RFC 9114 8.1): nothing was relayed.
             self.close_stream(
                 stream_id, ErrorCode.H3_REQUEST_REJECTED, reading=not event.stream_ended
             )
             return
-        method, target, headers, size = split_request_fields(event.headers)
+        fields = split_request_fields(event.headers)
         # The QUIC stream exists: the client's HEADERS arrived on it (see _unacked).
         sender = self.quic._streams[stream_id].sender
         stream = H3ClientStream(self, stream_id, sender)
@@ -302,10 +331,18 @@ class H3Server:
         peer = self.quic.get_peer_address()
         client_ip = peer[0] if isinstance(peer, tuple) else None
         head = RequestHead(
-            method, target, headers, client_ip, has_body=not event.stream_ended, http_version="3"
+            fields.method,
+            fields.target,
+            fields.headers,
+            client_ip,
+            has_body=not event.stream_ended,
+            http_version="3",
         )
         relay = stream.relay = self._context.new_stream(stream, head)
-        if size > self._context.config.max_header_bytes:
+        if fields.malformed is not None:
+            relay.refuse(BadRequest(f"malformed HTTP/3 request: {fields.malformed}"))
+            return
+        if fields.size > self._context.config.max_header_bytes:
             relay.refuse(HeadersTooLarge("request header fields too large"))
             return
         self._context.start(relay)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import NamedTuple
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -84,32 +85,51 @@ def upstream_request_headers(
     return out
 
 
-def split_request_fields(
-    fields: Iterable[tuple[bytes, bytes]],
-) -> tuple[bytes, bytes, Headers, int]:
-    """An HTTP/2 or HTTP/3 request's fields as (method, target, headers, size).
+class RequestFields(NamedTuple):
+    """An HTTP/2 or HTTP/3 request's fields, split for the core."""
 
-    Pseudo-headers are taken out; cookies, which those versions split into one field
-    per cookie, are joined into the one line HTTP/1.1 wants; size counts 32 bytes of
-    overhead per field, as SETTINGS_MAX_HEADER_LIST_SIZE does (RFC 9113 6.5.2).
+    method: bytes
+    target: bytes
+    headers: Headers
+    #: Bytes with 32 bytes of overhead per field, as SETTINGS_MAX_HEADER_LIST_SIZE counts.
+    size: int
+    #: Why the pseudo-header fields make the request malformed (RFC 9113 8.3), if they do.
+    malformed: str | None
+
+
+_REQUEST_PSEUDO = frozenset({b":method", b":scheme", b":authority", b":path"})
+
+
+def split_request_fields(fields: Iterable[tuple[bytes, bytes]]) -> RequestFields:
+    """An HTTP/2 or HTTP/3 request's fields, pseudo-headers taken out and checked.
+
+    Cookies, which those versions split into one field per cookie, are joined into the
+    one line HTTP/1.1 wants. A malformed request is a stream error, not a connection
+    one (RFC 9113 8.1.1), so the problem is returned for the adapter to answer.
     """
-    method = target = b""
+    pseudo: dict[bytes, bytes] = {}
     headers: Headers = []
     cookies: list[bytes] = []
     size = 0
+    malformed: str | None = None
     for name, value in fields:
         size += len(name) + len(value) + 32
-        if name == b":method":
-            method = value
-        elif name == b":path":
-            target = value
+        if name.startswith(b":"):
+            if name not in _REQUEST_PSEUDO or name in pseudo or headers or cookies:
+                malformed = f"pseudo-header {name.decode(errors='replace')!r} is misplaced"
+            pseudo[name] = value
         elif name == b"cookie":
             cookies.append(value)
-        elif not name.startswith(b":"):
+        else:
             headers.append((name, value))
     if cookies:
         headers.append((b"cookie", b"; ".join(cookies)))
-    return method, target, headers, size
+    method = pseudo.get(b":method", b"")
+    required = (b":method",) if method == b"CONNECT" else (b":method", b":scheme", b":path")
+    missing = [name.decode() for name in required if not pseudo.get(name)]
+    if missing and malformed is None:
+        malformed = f"the request has no {', '.join(missing)}"
+    return RequestFields(method, pseudo.get(b":path", b""), headers, size, malformed)
 
 
 def header_value(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:

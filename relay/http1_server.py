@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from http import HTTPStatus
 from typing import cast
 
@@ -20,6 +21,7 @@ from relay.errors import (
     HeadersTooLarge,
     HeaderTimeout,
     RelayError,
+    VersionNotSupported,
     error_response,
     new_request_id,
 )
@@ -39,6 +41,12 @@ IDLE_SECONDS = 620.0
 # which can destroy the answer before the client reads it.
 LINGER_SECONDS = 2.0
 log = logging.getLogger("sse_relay")
+# h11 unfolds obs-fold (RFC 9112 5.2) before we see a header; in a framing header a
+# fold is a classic way to make two parsers disagree on where a body ends.
+_FOLDED_FRAMING = re.compile(
+    rb"\n(?:content-length|transfer-encoding)[ \t]*:[^\n]*\n[ \t]", re.IGNORECASE
+)
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
 _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 
 
@@ -67,6 +75,8 @@ class Http1Server(asyncio.Protocol):
         # Waiting for a request head: a timer, and whether any byte of it came yet.
         self._head_timer: asyncio.TimerHandle | None = None
         self._head_started = False
+        # The raw bytes of the request head being read: h11 hides its size and folds.
+        self._raw_head = b""
         self._lingering = False
         self._client_ip: str | None = None
         self._stream: RelayStream | None = None
@@ -91,6 +101,8 @@ class Http1Server(asyncio.Protocol):
             # The first byte of a request head starts the slowloris clock.
             self._head_started = True
             self._await_head(self._context.config.header_timeout)
+        if self._h11.their_state is h11.IDLE:
+            self._raw_head += data
         self._h11.receive_data(data)
         self._drain_events()
 
@@ -144,8 +156,34 @@ class Http1Server(asyncio.Protocol):
             elif isinstance(event, h11.ConnectionClosed):
                 return
 
+    def _framing_error(self, request: h11.Request) -> RelayError | None:
+        """What h11 accepts but a relay must refuse: anything on which two parsers
+        could disagree about where this request ends and the next begins."""
+        raw, self._raw_head = self._raw_head, b""
+        end = _HEAD_END.search(raw)
+        head = raw if end is None else raw[: end.end()]
+        if request.http_version not in (b"1.0", b"1.1"):
+            version = request.http_version.decode(errors="replace")
+            return VersionNotSupported(f"HTTP/{version} is not spoken on an HTTP/1 connection")
+        if len(head) > self._context.config.max_header_bytes:
+            return HeadersTooLarge("request header fields too large")
+        encoding = header_value(request.headers, b"transfer-encoding")
+        if encoding is not None and header_value(request.headers, b"content-length") is not None:
+            return BadRequest("a request with both Content-Length and Transfer-Encoding")
+        if encoding is not None and request.http_version == b"1.0":
+            return BadRequest("Transfer-Encoding in an HTTP/1.0 request")
+        if _FOLDED_FRAMING.search(head):
+            return BadRequest("a folded Content-Length or Transfer-Encoding header")
+        return None
+
     def _open_stream(self, request: h11.Request) -> None:
         self._cancel_head_timer()
+        error = self._framing_error(request)
+        if error is not None:
+            log.warning("refused request from %s: %d %s", self._client_ip, error.status, error)
+            self._context.metrics.refused(error.status)
+            self._write_refusal(error)
+            return
         if self._h11.they_are_waiting_for_100_continue:
             self._write(self._h11.send(h11.InformationalResponse(status_code=100, headers=[])))
         self._method = request.method
@@ -241,8 +279,12 @@ class Http1Server(asyncio.Protocol):
                 self._close_lingering()
         elif conn.our_state is h11.DONE and conn.their_state is h11.DONE:
             conn.start_next_cycle()
-            self._head_started = False
-            self._await_head(IDLE_SECONDS)
+            # Bytes of a pipelined request may be here already: its head is then under
+            # way, and the header timeout runs, not the idle one.
+            self._raw_head = bytes(conn.trailing_data[0])
+            self._head_started = bool(self._raw_head)
+            timeout = self._context.config.header_timeout
+            self._await_head(timeout if self._head_started else IDLE_SECONDS)
             self._transport.resume_reading()
             self._drain_events()
 

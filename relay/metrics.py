@@ -30,7 +30,7 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 #: The media type `render` produces.
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
-HTTP_VERSIONS = ("1.1", "2", "3")
+HTTP_VERSIONS = ("1.0", "1.1", "2", "3")
 #: Upstream failure kinds (`RelayError.kind`, plus the ones the stream detects itself).
 UPSTREAM_ERROR_KINDS = (
     "unavailable",
@@ -40,6 +40,8 @@ UPSTREAM_ERROR_KINDS = (
     "lost",
     "truncated",
 )
+#: Why the relay closed a client connection it found hostile (HTTP/2).
+HOSTILE_CLOSE_REASONS = ("rapid_reset", "control_flood", "header_timeout")
 _CLIENT_ABORT_KINDS = {Outcome.CLIENT_ABORT: "disconnect", Outcome.CLIENT_STALL: "send_timeout"}
 
 # Buckets in seconds. TTFB: model latency, seconds to a minute. Duration: thinking turns
@@ -109,6 +111,13 @@ class RelayMetrics:
             ["status"],
             registry=registry,
         )
+        self._hostile = Counter(
+            "sse_relay_connections_closed",
+            "Client connections the relay closed as hostile: rapid_reset, control_flood "
+            "(PING/SETTINGS), header_timeout (a stalled HTTP/2 header block)",
+            ["reason"],
+            registry=registry,
+        )
         self._sse_compressed = Counter(
             "sse_relay_sse_compressed",
             "SSE responses that arrived content-encoded and so took no keepalives",
@@ -144,6 +153,8 @@ class RelayMetrics:
             self._upstream_errors.labels(kind)
         for kind in _CLIENT_ABORT_KINDS.values():
             self._client_aborts.labels(kind)
+        for reason in HOSTILE_CLOSE_REASONS:
+            self._hostile.labels(reason)
 
     def stream_started(self, http_version: str) -> None:
         self._active.labels(http_version).inc()
@@ -177,6 +188,10 @@ class RelayMetrics:
 
     def refused(self, status: int) -> None:
         self._refused.labels(str(status)).inc()
+
+    def connection_closed(self, reason: str) -> None:
+        """A client connection closed as hostile (`HOSTILE_CLOSE_REASONS`)."""
+        self._hostile.labels(reason).inc()
 
     def sse_compressed(self) -> None:
         self._sse_compressed.inc()

@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 
 from relay.body_policy import BodyPolicy
 from relay.config import RelayConfig, UpstreamTarget
-from relay.errors import Overloaded
+from relay.errors import Overloaded, RelayError
 from relay.exchange import (
     ClientSide,
     RequestHead,
@@ -18,6 +18,7 @@ from relay.exchange import (
 )
 from relay.keepalive import FRAMES
 from relay.metrics import RelayMetrics
+from relay.request_rules import check_request
 from relay.retry import RetryPolicy
 from relay.routes import RouteTable
 from relay.stream import RelayStream
@@ -50,6 +51,7 @@ class RelayContext:
             keepalive_frame=FRAMES[config.keepalive_frame],
             read_timeout=config.read_timeout,
             send_timeout=config.send_timeout,
+            body_timeout=config.body_timeout,
             max_body_bytes=config.max_body_bytes,
             retry=RetryPolicy(
                 attempts=config.retry_attempts,
@@ -93,7 +95,13 @@ class RelayContext:
         return RelayStream(client, head, settings, self.metrics, self.active)
 
     def start(self, stream: RelayStream) -> None:
-        """Relay the stream, or refuse it at once (draining, over the stream limit)."""
+        """Relay the stream, or refuse it at once (a request upstream must not get as it
+        is, draining, over the stream limit)."""
+        try:
+            check_request(stream.head)
+        except RelayError as error:
+            stream.refuse(error)
+            return
         if self.draining:
             stream.refuse(Overloaded("sse-relay is restarting; retry the request"))
         elif len(self.active) > self.config.max_streams:

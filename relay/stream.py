@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 from dataclasses import replace
 
 from relay.access_log import log_stream
 from relay.errors import (
+    BadRequest,
+    BodyTimeout,
     BodyTooLarge,
     Overloaded,
     RelayError,
@@ -35,6 +38,7 @@ from relay.exchange import (
 from relay.headers import header_value, relayed_response_headers
 from relay.keepalive import KeepaliveClock
 from relay.metrics import RelayMetrics
+from relay.request_rules import declared_length
 from relay.retry import retry_after
 from relay.sse_endings import ended_by_upstream, ending_frames, needs_truncation_error
 from relay.sse_scanner import FrameScanner
@@ -51,12 +55,16 @@ class RelayStream:
     __slots__ = (
         "_active",
         "_body",
+        "_body_deadline",
         "_body_size",
         "_client",
         "_client_paused",
         "_client_paused_at",
         "_clock",
+        "_connecting",
+        "_declared_length",
         "_dropped_params",
+        "_error_detail",
         "_finished",
         "_first_try_at",
         "_head",
@@ -100,6 +108,13 @@ class RelayStream:
         self._loop = asyncio.get_running_loop()
         self._open_upstream: OpenUpstream | None = None
         self._upstream: UpstreamExchange | None = None
+        # The try being opened: cancelled when the stream ends first, so that a stream
+        # the client reset at once (HTTP/2 rapid reset) never reaches upstream.
+        self._connecting: asyncio.Task[None] | None = None
+        # Set by start(); the body must match it before anything of it goes upstream.
+        self._declared_length: int | None = None
+        # While a request body is incomplete and unanswered: when it times out.
+        self._body_deadline = math.inf
         # Every request body chunk, kept for a transparent retry until the response
         # head reaches the client (bounded by max_body_bytes); None after that.
         self._body: list[bytes] | None = []
@@ -125,6 +140,7 @@ class RelayStream:
         self._status: int | None = None
         self._request_id: str | None = None
         self._upstream_error: str | None = None
+        self._error_detail: str | None = None
         #: How the stream ended (relay/stream_record.py), once it has.
         self.outcome: Outcome | None = None
         self.bytes_out = 0
@@ -132,12 +148,21 @@ class RelayStream:
         metrics.stream_started(head.http_version)
         active.add(self)
 
+    @property
+    def head(self) -> RequestHead:
+        return self._head
+
     def start(self, open_upstream: OpenUpstream) -> None:
+        """Relay a request that passed `relay.request_rules.check_request`."""
         self._open_upstream = open_upstream
-        length = header_value(self._head.headers, b"content-length")
-        if length is not None and length.isdigit() and int(length) > self._settings.max_body_bytes:
+        length = self._declared_length = declared_length(self._head)
+        if length is not None and length > self._settings.max_body_bytes:
             self.refuse(BodyTooLarge(self._too_large_message()))
-        elif not self._hold_body:
+            return
+        if self._head.has_body and not self._request_ended:
+            self._body_deadline = self._loop.time() + self._settings.body_timeout
+            self._arm(self._body_deadline)
+        if not self._hold_body:
             self._try_upstream()
 
     def refuse(self, error: RelayError) -> None:
@@ -166,18 +191,14 @@ class RelayStream:
             return  # the answer is out and upstream gone: nothing is waiting for these
         self._body_size += len(data)
         if self._body_size > self._settings.max_body_bytes:
-            if self._head_sent:
-                # Upstream answered before the body was complete; the answer is already
-                # under way, so only a reset can still say no.
-                log.warning("reset %s %s: %s", *self._describe(), self._too_large_message())
-                self._metrics.refused(BodyTooLarge.status)
-                self._finish(Outcome.REFUSED)
-                self._abort_upstream()
-                self._client.abort()
-            else:
-                self._abort_upstream()
-                self.refuse(BodyTooLarge(self._too_large_message()))
+            self._refuse_body(BodyTooLarge(self._too_large_message()))
             return
+        declared = self._declared_length
+        if declared is not None and self._body_size > declared:
+            self._refuse_body(BadRequest("the request body is longer than its content-length"))
+            return
+        if not self._head_sent:
+            self._body_deadline = self._loop.time() + self._settings.body_timeout
         if self._body is not None:
             self._body.append(data)
         if self._upstream is not None:
@@ -185,7 +206,12 @@ class RelayStream:
 
     def on_request_end(self) -> None:
         self._request_ended = True
+        self._body_deadline = math.inf
         if self._finished:
+            return
+        declared = self._declared_length
+        if declared is not None and self._body_size != declared:
+            self._refuse_body(BadRequest("the request body is shorter than its content-length"))
             return
         if self._hold_body:
             self._apply_body_policy()
@@ -231,6 +257,7 @@ class RelayStream:
             return
         self._head_sent = True
         self._body = None
+        self._body_deadline = math.inf
         # Upstream's silence is measured from its head; waiting for the head is TTFB.
         self._head_at = self._last_byte = self._loop.time()
         self._status = status
@@ -294,7 +321,8 @@ class RelayStream:
         if error.transparent_retry and self._retry_later(error.message):
             return
         self._upstream_error = error.kind
-        failure = self._lost(error.message) if self._head_sent else error
+        self._error_detail = error.logged
+        failure = self._lost(error.message, error.detail) if self._head_sent else error
         self._terminate(failure, Outcome.UPSTREAM_ERROR)
 
     # -- internals --------------------------------------------------------------------
@@ -305,14 +333,16 @@ class RelayStream:
         if not self._tries:
             self._first_try_at = self._loop.time()
         self._tries += 1
-        self._loop.create_task(self._connect(self._open_upstream, self._tries - 1))
+        self._connecting = self._loop.create_task(
+            self._connect(self._open_upstream, self._tries - 1)
+        )
 
     async def _connect(self, open_upstream: OpenUpstream, attempt: int) -> None:
         try:
-            upstream = await open_upstream(self._head, self, attempt)
-            if self._finished:  # the client left while we were connecting
-                upstream.abort()
-                return
+            try:
+                upstream = await open_upstream(self._head, self, attempt)
+            finally:
+                self._connecting = None
             self._upstream = upstream
             for chunk in self._body or ():
                 upstream.send_body(chunk)
@@ -324,7 +354,7 @@ class RelayStream:
         except Exception as exc:
             # A bug must not leave the client hanging: answer, and say what broke.
             log.exception("relaying %s %s failed", *self._describe())
-            self.on_upstream_failed(UpstreamLost(f"sse-relay internal error: {exc!r}"))
+            self.on_upstream_failed(UpstreamLost("sse-relay internal error", repr(exc)))
             return
         self._last_byte = self._loop.time()
         self._arm(self._last_byte + self._settings.read_timeout)
@@ -343,6 +373,19 @@ class RelayStream:
         log.info("retrying %s %s in %.2f s: %s", *self._describe(), delay, reason)
         self._loop.call_later(delay, self._try_upstream)
         return True
+
+    def _refuse_body(self, error: RelayError) -> None:
+        """The request body broke a rule: nothing more of it goes upstream."""
+        self._abort_upstream()
+        if not self._head_sent:
+            self.refuse(error)
+            return
+        # Upstream answered before the body was complete; the answer is already under
+        # way, so only a reset can still say no.
+        log.warning("reset %s %s: %s", *self._describe(), error.message)
+        self._metrics.refused(error.status)
+        self._finish(Outcome.REFUSED)
+        self._client.abort()
 
     def _apply_body_policy(self) -> None:
         body = b"".join(self._body or ())
@@ -371,23 +414,21 @@ class RelayStream:
         self._finish(Outcome.COMPLETED if complete else outcome, None if self._head_sent else error)
         self._abort_upstream()
         if not self._head_sent:
-            log.warning(
-                "answered %s %s with %d: %s", *self._describe(), error.status, error.message
-            )
+            log.warning("answered %s %s with %d: %s", *self._describe(), error.status, error.logged)
             self._send_error_response(error)
         elif complete:
             # The Messages stream is complete (message_stop) or upstream reported its own
             # error: an added error would make a finished, paid-for turn look failed.
-            log.info("ended %s %s after its last event: %s", *self._describe(), error.message)
+            log.info("ended %s %s after its last event: %s", *self._describe(), error.logged)
             self._client.send_end()
         elif self._scanner is not None:
-            log.warning("ended %s %s with an error frame: %s", *self._describe(), error.message)
+            log.warning("ended %s %s with an error frame: %s", *self._describe(), error.logged)
             self._client.send_body(ending_frames(self._scanner, error.error_type, error.message))
             self._client.send_end()
         else:
             # A fixed-length or compressed body cannot carry an error in-band; a reset is
             # the only way the client learns it is incomplete.
-            log.warning("reset %s %s: %s", *self._describe(), error.message)
+            log.warning("reset %s %s: %s", *self._describe(), error.logged)
             self._client.abort()
 
     def _send_error_response(self, error: RelayError) -> None:
@@ -414,6 +455,9 @@ class RelayStream:
         self._finished = True
         self._active.discard(self)
         self._cancel_timer()
+        if self._connecting is not None:
+            self._connecting.cancel()
+            self._connecting = None
         self.outcome = outcome
         if answer is not None:
             self._status = answer.status
@@ -449,6 +493,7 @@ class RelayStream:
             pings=0 if scanner is None else scanner.pings,
             retries=self._retries,
             upstream_error=self._upstream_error,
+            error_detail=self._error_detail,
         )
 
     def _cancel_timer(self) -> None:
@@ -458,21 +503,26 @@ class RelayStream:
 
     def _arm(self, when: float) -> None:
         self._cancel_timer()
-        self._timer = self._loop.call_at(when, self._on_timer)
+        self._timer = self._loop.call_at(min(when, self._body_deadline), self._on_timer)
 
     def _on_timer(self) -> None:
-        """Wakes at most once per interval: read timeout and keepalive decisions."""
+        """Wakes at most once per interval: body, read and send timeouts, keepalives."""
         self._timer = None
         if self._finished:
             return
         now = self._loop.time()
+        if now >= self._body_deadline:
+            self._abort_upstream()
+            timeout = self._settings.body_timeout
+            self.refuse(BodyTimeout(f"the request body sent nothing for {timeout:g} s"))
+            return
         interval = self._settings.keepalive_interval
         if self._client_paused:
             stalled_until = self._client_paused_at + self._settings.send_timeout
             if now >= stalled_until:
                 self._drop_stalled_client()
             else:
-                self._timer = self._loop.call_at(min(now + interval, stalled_until), self._on_timer)
+                self._arm(min(now + interval, stalled_until))
             return
         deadline = self._last_byte + self._settings.read_timeout
         if now >= deadline:
@@ -490,7 +540,7 @@ class RelayStream:
                 self._metrics.keepalive()
                 self._client.send_body(self._settings.keepalive_frame)
             next_check = min(next_check, decision.next_check)
-        self._timer = self._loop.call_at(next_check, self._on_timer)
+        self._arm(next_check)
 
     def _drop_stalled_client(self) -> None:
         """Like nginx's send_timeout: a client that takes nothing holds a stream slot and
@@ -504,11 +554,12 @@ class RelayStream:
         self._abort_upstream()
         self._client.abort()
 
-    def _lost(self, reason: str) -> UpstreamLost:
+    def _lost(self, reason: str, detail: str | None = None) -> UpstreamLost:
         """The error a started stream ends with; the message says how far it got."""
         return UpstreamLost(
             f"upstream connection lost after {self.bytes_out} bytes / "
-            f"{self._frames()} events: {reason}"
+            f"{self._frames()} events: {reason}",
+            detail,
         )
 
     def _frames(self) -> int:

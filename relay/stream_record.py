@@ -51,3 +51,5 @@ class StreamRecord:
     retries: int
     #: Why upstream failed this stream (an error kind), if it did.
     upstream_error: str | None
+    #: The failure as only the log tells it (which upstream, the library's words).
+    error_detail: str | None = None

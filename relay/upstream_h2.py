@@ -113,10 +113,12 @@ class H2Exchange:
             else:
                 self.sink.on_upstream_resumed()
 
-    def fail(self, message: str) -> None:
+    def fail(self, message: str, reason: str = "") -> None:
         sink, self.sink = self.sink, None
         if sink is not None:
-            sink.on_upstream_failed(upstream_failure(message, head_seen=self.head_seen))
+            # Clients are told what happened; which upstream, only the log.
+            detail = self._owner.url + reason
+            sink.on_upstream_failed(upstream_failure(message, detail, head_seen=self.head_seen))
 
 
 class H2Upstream(H2Endpoint):
@@ -127,6 +129,8 @@ class H2Upstream(H2Endpoint):
         config = h2.config.H2Configuration(client_side=True, header_encoding=None)
         super().__init__(GracefulH2Connection(config))
         self._scheme = b"https" if pool.target.tls else b"http"
+        #: Upstream's URL, for the log only.
+        self.url = pool.url
         self._streams: dict[int, H2Exchange] = {}
         #: No new streams here: upstream sent GOAWAY, or the connection is closing.
         self.draining = False
@@ -191,7 +195,7 @@ class H2Upstream(H2Endpoint):
         try:
             events = self.conn.receive_data(data)
         except h2.exceptions.ProtocolError as exc:
-            self._fail_all(f"upstream {self._pool.url} broke HTTP/2: {exc}")
+            self._fail_all("upstream broke HTTP/2", f": {exc}")
             return
         for event in events:
             self._dispatch(event)
@@ -200,7 +204,7 @@ class H2Upstream(H2Endpoint):
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
         reason = f": {exc}" if exc else ""
-        self._fail_all(f"upstream {self._pool.url} closed the connection{reason}")
+        self._fail_all("upstream closed the connection", reason)
 
     def write_pause_changed(self) -> None:
         for stream in list(self._streams.values()):
@@ -235,7 +239,7 @@ class H2Upstream(H2Endpoint):
                 code = event.error_code
                 name = code.name if isinstance(code, ErrorCodes) else str(code)
                 self._remove(stream)
-                stream.fail(f"upstream {self._pool.url} reset the stream ({name})")
+                stream.fail(f"upstream reset the stream ({name})")
         elif isinstance(event, h2.events.WindowUpdated):
             if event.stream_id == 0:
                 self._push_all()
@@ -260,25 +264,25 @@ class H2Upstream(H2Endpoint):
 
     def _goaway(self, last_stream_id: int) -> None:
         """Upstream is shutting down: streams it never saw are free to retry elsewhere."""
-        message = f"upstream {self._pool.url} sent GOAWAY before the stream started"
+        message = "upstream sent GOAWAY before the stream started"
         self.draining = True
         self._pool.forget(self)
         if not self.settled.done():
-            self.settled.set_exception(UpstreamUnavailable(message))
+            self.settled.set_exception(UpstreamUnavailable(message, self.url))
         for stream in [s for s in self._streams.values() if s.id > last_stream_id]:
             self._remove(stream)
             stream.fail(message)
         if not self._streams:
             self.close()
 
-    def _fail_all(self, message: str) -> None:
+    def _fail_all(self, message: str, reason: str = "") -> None:
         self.draining = True
         self._pool.forget(self)
         if not self.settled.done():
-            self.settled.set_exception(UpstreamUnavailable(message))
+            self.settled.set_exception(UpstreamUnavailable(message, self.url + reason))
         streams, self._streams = self._streams, {}
         for stream in streams.values():
-            stream.fail(message)
+            stream.fail(message, reason)
         if self._transport is not None:
             self.flush()  # h2's own GOAWAY for a protocol error
             self._transport.close()

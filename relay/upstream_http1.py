@@ -55,7 +55,7 @@ class Http1Upstream(asyncio.Protocol):
         try:
             complete = body.feed(data)
         except BodyFramingError as exc:
-            self._fail(f"upstream {self._pool.url} broke HTTP/1.1: {exc}")
+            self._fail(f"upstream broke HTTP/1.1: {exc}")
             return
         if complete:
             self._body = None
@@ -72,7 +72,7 @@ class Http1Upstream(asyncio.Protocol):
         try:
             body.feed_eof()  # ends a close-delimited body, or finds a truncated one
         except BodyFramingError as exc:
-            self._fail(f"upstream {self._pool.url} broke HTTP/1.1: {exc}")
+            self._fail(f"upstream broke HTTP/1.1: {exc}")
             return False
         self._body = None
         self._end_exchange(reusable=False)
@@ -84,9 +84,7 @@ class Http1Upstream(asyncio.Protocol):
         sink, self._sink = self._sink, None
         if sink is not None:
             reason = f": {exc}" if exc else ""
-            sink.on_upstream_failed(
-                self._lost(f"upstream {self._pool.url} closed the connection{reason}")
-            )
+            sink.on_upstream_failed(self._lost("upstream closed the connection", reason))
 
     def pause_writing(self) -> None:
         if self._sink is not None:
@@ -141,8 +139,9 @@ class Http1Upstream(asyncio.Protocol):
 
     # -- internals --------------------------------------------------------------------
 
-    def _lost(self, message: str) -> RelayError:
-        return upstream_failure(message, head_seen=self._head_seen)
+    def _lost(self, message: str, reason: str = "") -> RelayError:
+        # Clients are told what happened; which upstream, only the log.
+        return upstream_failure(message, self._pool.url + reason, head_seen=self._head_seen)
 
     def _drain_events(self) -> None:
         conn = self._h11
@@ -150,7 +149,7 @@ class Http1Upstream(asyncio.Protocol):
             try:
                 event = conn.next_event()
             except h11.RemoteProtocolError as exc:
-                self._fail(f"upstream {self._pool.url} broke HTTP/1.1: {exc}")
+                self._fail(f"upstream broke HTTP/1.1: {exc}")
                 return
             if isinstance(event, h11.Response):
                 self._on_head(event)

@@ -99,7 +99,22 @@ class UpstreamPool:
         while True:
             connection = self._with_room() or self._take_idle() or await self._new_connection()
             if connection is not None:
-                return connection.start(head.method, target, headers, head.has_body, sink)
+                break
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            # Cancelled (the client left) just as a connection came: asyncio.wait_for
+            # may hand over its result anyway, but no request goes upstream for nobody.
+            if isinstance(connection, Http1Upstream):
+                self.release(connection)
+            raise asyncio.CancelledError
+        try:
+            return connection.start(head.method, target, headers, head.has_body, sink)
+        except BaseException:
+            # `relay.request_rules` lets through only what HTTP/1.1 can carry; should a
+            # head still fail to go out, the connection it took must not leak.
+            if isinstance(connection, Http1Upstream):
+                connection.abort()
+            raise
 
     def release(self, connection: Http1Upstream) -> None:
         """A connection finished an exchange cleanly and may carry another."""
@@ -152,12 +167,27 @@ class UpstreamPool:
         if self._speaks_h2 is False:
             connection = await self._connect()
         elif self._connecting is not None:
-            await self._connecting
+            # Shielded: a request that gives up (its client left) must not cancel the
+            # connection every other waiting request shares.
+            await asyncio.shield(self._connecting)
             return None
         else:
-            self._connecting = self._loop.create_task(self._shared_connect())
-            connection = await self._connecting
+            self._connecting = task = self._loop.create_task(self._shared_connect())
+            try:
+                connection = await asyncio.shield(task)
+            except asyncio.CancelledError:
+                task.add_done_callback(self._adopt)
+                raise
         return connection if isinstance(connection, Http1Upstream) else None
+
+    def _adopt(self, task: asyncio.Task[Http1Upstream | H2Upstream]) -> None:
+        """A connection made for a request that gave up meanwhile: an HTTP/1.1 one is
+        pooled for the next request (an HTTP/2 one is shared already)."""
+        if task.cancelled() or task.exception() is not None:
+            return
+        connection = task.result()
+        if isinstance(connection, Http1Upstream):
+            self.release(connection)
 
     async def _shared_connect(self) -> Http1Upstream | H2Upstream:
         try:
@@ -170,20 +200,21 @@ class UpstreamPool:
             connection = await asyncio.wait_for(self._handshake(), self._connect_timeout)
         except TimeoutError:
             raise ConnectTimeout(
-                f"connecting to upstream {self.url} timed out after {self._connect_timeout:g} s"
+                f"connecting to upstream timed out after {self._connect_timeout:g} s", self.url
             ) from None
         except ssl.SSLCertVerificationError as exc:
             raise UpstreamCertificateError(
-                f"upstream {self.url} presented a certificate that failed verification: "
-                f"{exc.verify_message or exc}"
+                "upstream presented a certificate that failed verification",
+                f"{self.url}: {exc.verify_message or exc}",
             ) from None
         except ssl.SSLError as exc:
             raise UpstreamUnavailable(
-                f"TLS handshake with upstream {self.url} failed: {exc}"
+                "TLS handshake with upstream failed", f"{self.url}: {exc}"
             ) from None
         except OSError as exc:
+            # Clients are told what happened; which upstream, only the log.
             raise UpstreamUnavailable(
-                f"cannot connect to upstream {self.url}: {exc.strerror or exc}"
+                f"cannot connect to upstream: {exc.strerror or exc}", self.url
             ) from None
         self.connections_opened += 1
         self._speaks_h2 = isinstance(connection, H2Upstream)
@@ -192,7 +223,7 @@ class UpstreamPool:
                 # A GOAWAY with its first SETTINGS, or no concurrent streams at all: a
                 # failed connect (retried with backoff), not a reason to connect again now.
                 connection.close()
-                raise UpstreamUnavailable(f"upstream {self.url} accepts no HTTP/2 streams")
+                raise UpstreamUnavailable("upstream accepts no HTTP/2 streams", self.url)
             self._multiplexed.append(connection)
         return connection
 

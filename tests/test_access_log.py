@@ -37,6 +37,7 @@ STREAM_FIELDS = {
     "pings",
     "retries",
     "upstream_error",
+    "error_detail",
 }
 
 

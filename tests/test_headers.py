@@ -65,7 +65,7 @@ def test_h2_h3_fields_lose_pseudo_headers_and_rejoin_cookies() -> None:
         (b"x-api-key", b"sk"),
         (b"cookie", b"b=2"),
     ]
-    method, target, headers, size = split_request_fields(fields)
+    method, target, headers, size, _ = split_request_fields(fields)
     assert (method, target) == (b"POST", b"/v1/messages?beta=true")
     assert headers == [(b"x-api-key", b"sk"), (b"cookie", b"a=1; b=2")]
     assert size == sum(len(n) + len(v) + 32 for n, v in fields)

@@ -286,7 +286,11 @@ def test_upstream_refusing_connections_gives_api_error(sim: SimServer) -> None:
     assert status == 502
     error = json.loads(body)
     assert error["type"] == "error" and error["error"]["type"] == "api_error"
-    assert f"127.0.0.1:{port}" in error["error"]["message"]
+    # Clients learn what happened, not where upstream lives (issue #11): the address is
+    # only in the relay's own log.
+    assert "cannot connect to upstream" in error["error"]["message"]
+    assert str(port) not in body.decode() and "http://" not in body.decode()
+    assert f"127.0.0.1:{port}".encode() in relay.stderr_text
     assert headers["x-should-retry"] == "true" and headers["request-id"].startswith("req_relay_")
 
 

@@ -1,0 +1,69 @@
+"""The private internals of h2 and aioquic the relay reads, checked by name.
+
+pyproject.toml pins both libraries to ranges these checks passed on. A release that
+renames one of them fails here, naming the version, instead of in production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from importlib.metadata import version
+
+import h2.config
+import h2.connection
+from aioquic.h3.connection import H3Connection
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+from aioquic.quic.stream import QuicStreamSender
+
+from relay.h2_connection import GracefulH2Connection
+from relay.h2_guard import header_block_pending
+
+H2 = f"h2 {version('h2')}"
+AIOQUIC = f"aioquic {version('aioquic')}"
+
+
+def test_h2_state_machine_transitions_are_a_table() -> None:
+    """relay/h2_connection.py rewrites the GOAWAY transitions of this table."""
+    table = getattr(h2.connection.H2ConnectionStateMachine, "_transitions", None)
+    assert isinstance(table, dict) and table, f"{H2}: H2ConnectionStateMachine._transitions"
+    conn = GracefulH2Connection(h2.config.H2Configuration(client_side=False))
+    assert conn.state_machine._transitions is not table, f"{H2}: per-instance transitions"
+
+
+def test_h2_frame_buffer_shows_partial_frames_and_header_blocks() -> None:
+    """relay/h2_guard.py reads FrameBuffer._data and ._headers_buffer."""
+    buffer = h2.connection.H2Connection().incoming_buffer
+    assert isinstance(getattr(buffer, "_data", None), bytearray), f"{H2}: FrameBuffer._data"
+    assert getattr(buffer, "_headers_buffer", None) == [], f"{H2}: FrameBuffer._headers_buffer"
+
+
+def test_header_block_pending_reads_what_h2_buffers() -> None:
+    """Half a frame header, and a HEADERS frame without END_HEADERS, count as pending."""
+    server = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+    server.initiate_connection()
+    client = h2.connection.H2Connection()
+    client.initiate_connection()
+    server.receive_data(client.data_to_send())
+    assert not header_block_pending(server), H2
+    server.receive_data(b"\x00\x00")  # 2 of a frame header's 9 bytes
+    assert header_block_pending(server), f"{H2}: partial frame header not seen"
+    server.receive_data(b"\x05\x01\x00\x00\x00\x00\x01" + b"\x82\x84\x87\x41\x01")
+    assert header_block_pending(server), f"{H2}: HEADERS without END_HEADERS not seen"
+    # CONTINUATION with END_HEADERS completes the block: ":authority: a".
+    server.receive_data(b"\x00\x00\x01\x09\x04\x00\x00\x00\x01" + b"a")
+    assert not header_block_pending(server), f"{H2}: completed header block still pending"
+
+
+def test_aioquic_stream_sender_buffer_and_connection_streams() -> None:
+    """relay/h3_server.py reads QuicStreamSender._buffer and QuicConnection._streams, and
+    overrides H3Connection._get_local_settings."""
+    sender = QuicStreamSender(stream_id=0, writable=True)
+    assert isinstance(getattr(sender, "_buffer", None), bytearray), f"{AIOQUIC}: _buffer"
+    assert callable(getattr(H3Connection, "_get_local_settings", None)), AIOQUIC
+
+    async def streams() -> object:
+        quic = QuicConnection(configuration=QuicConfiguration(is_client=True))
+        return getattr(quic, "_streams", None)
+
+    assert isinstance(asyncio.run(streams()), dict), f"{AIOQUIC}: QuicConnection._streams"
