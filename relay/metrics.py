@@ -166,6 +166,8 @@ class RelayMetrics:
         status = "none" if record.status is None else str(record.status)
         self._streams.labels(version, status, record.outcome.value).inc()
         self._bytes_in.inc(record.bytes_in)
+        if record.sse_compressed:
+            self._sse_compressed.inc()
         self._bytes_out.inc(record.bytes_out)
         if record.events:
             self._events.inc(record.events)
@@ -192,9 +194,6 @@ class RelayMetrics:
     def connection_closed(self, reason: str) -> None:
         """A client connection closed as hostile (`HOSTILE_CLOSE_REASONS`)."""
         self._hostile.labels(reason).inc()
-
-    def sse_compressed(self) -> None:
-        self._sse_compressed.inc()
 
     def quic_dropped(self) -> None:
         self._quic_dropped.inc()

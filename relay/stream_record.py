@@ -53,3 +53,5 @@ class StreamRecord:
     upstream_error: str | None
     #: The failure as only the log tells it (which upstream, the library's words).
     error_detail: str | None = None
+    #: An SSE response that arrived content-encoded, so it took no keepalives.
+    sse_compressed: bool = False
