@@ -16,9 +16,10 @@ from typing import cast
 
 import h11
 
-from relay.config import UpstreamTarget
+from relay.config import RelayConfig
+from relay.exchange import UpstreamTarget
 from relay.metrics import CONTENT_TYPE, RelayMetrics
-from relay.relay_context import RelayContext
+from relay.stream_registry import StreamRegistry
 
 # A probe connects to upstream at most this often; others in between reuse its result.
 PROBE_CACHE_SECONDS = 1.0
@@ -183,18 +184,23 @@ class AdminServer(asyncio.Protocol):
             transport.close()
 
 
-async def serve_admin(context: RelayContext, worker_id: int | None = None) -> asyncio.Server | None:
+async def serve_admin(
+    config: RelayConfig,
+    streams: StreamRegistry,
+    metrics: RelayMetrics,
+    worker_id: int | None = None,
+) -> asyncio.Server | None:
     """The admin listener `--admin-listen` asks for, or None when it is off.
 
     Each process counts its own streams, so as worker N of --workers each process gets
     a port of its own: the configured one plus N - 1 (an ephemeral port stays ephemeral).
     """
-    if context.config.admin_listen is None:
+    if config.admin_listen is None:
         return None
-    host, port = context.config.admin_listen
+    host, port = config.admin_listen
     if worker_id is not None and port:
         port += worker_id - 1
-    readiness = Readiness(lambda: context.draining, context.config.upstreams[0])
+    readiness = Readiness(lambda: streams.draining, config.upstreams[0])
     return await asyncio.get_running_loop().create_server(
-        lambda: AdminServer(context.metrics, readiness), host, port, reuse_address=True
+        lambda: AdminServer(metrics, readiness), host, port, reuse_address=True
     )

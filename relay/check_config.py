@@ -12,16 +12,15 @@ import sys
 from collections.abc import Callable, Sequence
 
 from relay.config import (
-    SETTINGS,
     ConfigError,
     RelayConfig,
     ResolvedConfig,
-    UpstreamTarget,
     add_arguments,
     config_field,
-    format_listen,
     resolve,
 )
+from relay.exchange import UpstreamTarget
+from relay.setting_table import SETTINGS, format_listen
 
 # Settings built from their values rather than stored as they are (see config_field).
 _SPECIAL: dict[str, Callable[[RelayConfig], object]] = {

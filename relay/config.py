@@ -9,33 +9,17 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
-from urllib.parse import urlsplit
 
 from relay.config_file import ConfigFile, ConfigFileError, RawValue, read_config_file
+from relay.exchange import UpstreamTarget
+from relay.setting_table import SETTINGS, Setting, parse_upstream
 
 
 class ConfigError(ValueError):
     """A setting has a bad value; the message names the setting."""
-
-
-@dataclass(frozen=True, slots=True)
-class UpstreamTarget:
-    """One upstream base URL, split into what the connection pool needs."""
-
-    url: str
-    tls: bool
-    host: str
-    port: int
-    base_path: str
-
-    @property
-    def authority(self) -> bytes:
-        default = 443 if self.tls else 80
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return (host if self.port == default else f"{host}:{self.port}").encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,215 +68,6 @@ class RelayConfig:
     admin_listen: tuple[str, int] | None = ("127.0.0.1", 9901)
     routes: tuple[RouteConfig, ...] = ()
 
-
-def parse_upstream(value: str) -> UpstreamTarget:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
-    if parts.query or parts.fragment:
-        raise ValueError(f"a base URL takes no query or fragment, got {value!r}")
-    if parts.username is not None or parts.password is not None:
-        # The URL shows up in logs, error bodies and the ready line; a secret must not.
-        raise ValueError("a base URL takes no user:password@ (send credentials as headers)")
-    tls = parts.scheme == "https"
-    port = parts.port or (443 if tls else 80)
-    return UpstreamTarget(value, tls, parts.hostname, port, parts.path.rstrip("/"))
-
-
-def parse_listen(value: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"expected HOST:PORT, got {value!r}")
-    return host.strip("[]"), int(port)
-
-
-def format_listen(host: str, port: int) -> str:
-    """HOST:PORT as `parse_listen` reads it back (IPv6 hosts in brackets)."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _positive_seconds(value: str) -> float:
-    seconds = float(value)
-    if not seconds > 0 or seconds == float("inf"):
-        raise ValueError(f"expected a positive number of seconds, got {value!r}")
-    return seconds
-
-
-def _positive_int(value: str) -> int:
-    number = int(value)
-    if number <= 0:
-        raise ValueError(f"expected a positive whole number, got {value!r}")
-    return number
-
-
-def _admin_listen(value: str) -> tuple[str, int] | None:
-    return None if value == "off" else parse_listen(value)
-
-
-def _workers(value: str) -> int:
-    if value == "auto":
-        # The CPUs this process may run on (taskset, cgroup cpusets), not the host's.
-        return len(os.sched_getaffinity(0))
-    try:
-        return _positive_int(value)
-    except ValueError:
-        raise ValueError(f"expected a positive whole number or auto, got {value!r}") from None
-
-
-def _retry_status(value: str) -> int:
-    status = int(value)
-    if status not in (429, 500, 502, 503, 504, 529):
-        raise ValueError(f"expected a retryable status (429, 5xx, 529), got {value!r}")
-    return status
-
-
-def _param_name(value: str) -> str:
-    if not value or not value.replace("_", "").isalnum():
-        raise ValueError(f"expected a top-level request param name, got {value!r}")
-    return value
-
-
-def _boolean(value: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"expected true or false, got {value!r}")
-
-
-def _choice(*choices: str) -> Callable[[str], str]:
-    def parse(value: str) -> str:
-        if value not in choices:
-            raise ValueError(f"expected one of {', '.join(choices)}, got {value!r}")
-        return value
-
-    return parse
-
-
-@dataclass(frozen=True, slots=True)
-class _Setting:
-    flag: str
-    parse: Callable[[str], Any]
-    help: str
-    metavar: str = "VALUE"
-    #: May be given more than once (in the environment: comma-separated).
-    repeat: bool = False
-    #: A flag without a value that means "true" (the environment still takes true/false).
-    switch: bool = False
-
-    @property
-    def env(self) -> str:
-        return "SSE_RELAY_" + self.flag.upper().replace("-", "_")
-
-
-SETTINGS: tuple[_Setting, ...] = (
-    _Setting("listen", parse_listen, "address to accept clients on (127.0.0.1:8080)", "HOST:PORT"),
-    _Setting(
-        "upstream",
-        parse_upstream,
-        "upstream base URL (https://api.anthropic.com); repeat for fail-over on retries",
-        "URL",
-        repeat=True,
-    ),
-    _Setting(
-        "keepalive-interval",
-        _positive_seconds,
-        "write a keepalive after this much upstream silence (15)",
-        "SECONDS",
-    ),
-    _Setting(
-        "keepalive-frame",
-        _choice("comment", "ping"),
-        "keepalive as an SSE comment or the API's ping event (comment)",
-        "comment|ping",
-    ),
-    _Setting("connect-timeout", _positive_seconds, "upstream connect timeout (10)", "SECONDS"),
-    _Setting(
-        "upstream-read-timeout",
-        _positive_seconds,
-        "fail a response after this much upstream silence (600)",
-        "SECONDS",
-    ),
-    _Setting(
-        "client-send-timeout",
-        _positive_seconds,
-        "drop a client that takes no bytes for this long while some wait for it (120)",
-        "SECONDS",
-    ),
-    _Setting("tls-verify", _boolean, "verify upstream TLS certificates (true)", "true|false"),
-    _Setting("upstream-ca", str, "CA bundle to verify upstream with (system store)", "PATH"),
-    _Setting(
-        "upstream-protocol",
-        _choice("auto", "h2", "http/1.1"),
-        "upstream HTTP version: auto (h2 when TLS ALPN picks it), h2 (h2c for http://) "
-        "or http/1.1 (auto)",
-        "auto|h2|http/1.1",
-    ),
-    _Setting("max-header-bytes", _positive_int, "request head size limit, 431 past it (65536)"),
-    _Setting("max-body-bytes", _positive_int, "request body limit, 413 past it (33554432)"),
-    _Setting("header-timeout", _positive_seconds, "time to send a request head, 408 past it (30)"),
-    _Setting(
-        "body-timeout",
-        _positive_seconds,
-        "longest pause in a request body before the answer starts, 408 past it (60)",
-        "SECONDS",
-    ),
-    _Setting("max-streams", _positive_int, "concurrent streams, 503 past it (10000)"),
-    _Setting("retry-attempts", _positive_int, "upstream tries per request, first included (3)"),
-    _Setting(
-        "retry-budget", _positive_seconds, "time within which retries may start (10)", "SECONDS"
-    ),
-    _Setting(
-        "retry-on-status",
-        _retry_status,
-        "also retry these upstream statuses, honouring retry-after (none)",
-        "STATUS",
-        repeat=True,
-    ),
-    _Setting(
-        "deny-param", _param_name, "refuse or strip this body param (none)", "NAME", repeat=True
-    ),
-    _Setting("on-deny", _choice("reject", "strip"), "what a denied param gets (reject)"),
-    _Setting(
-        "tls-listen",
-        parse_listen,
-        "TLS listener, HTTP/2 or HTTP/1.1 by ALPN, with --tls-cert (127.0.0.1:8443)",
-        "HOST:PORT",
-    ),
-    _Setting("tls-cert", str, "certificate chain (PEM) for the TLS listener", "PATH"),
-    _Setting("tls-key", str, "private key (PEM) for the TLS listener", "PATH"),
-    _Setting(
-        "http3",
-        _boolean,
-        "also serve HTTP/3 (QUIC, UDP) on the TLS listener's port; needs --tls-cert",
-        switch=True,
-    ),
-    _Setting(
-        "quic-idle-timeout",
-        _positive_seconds,
-        "close an HTTP/3 connection silent this long; above --keepalive-interval (60)",
-        "SECONDS",
-    ),
-    _Setting(
-        "drain-timeout",
-        _positive_seconds,
-        "on SIGTERM, time streams get to finish (30)",
-        "SECONDS",
-    ),
-    _Setting(
-        "workers",
-        _workers,
-        "worker processes sharing the listeners (SO_REUSEPORT); auto: one per core (1)",
-        "N|auto",
-    ),
-    _Setting(
-        "admin-listen",
-        _admin_listen,
-        "admin listener for /metrics, /healthz, /readyz, or off (127.0.0.1:9901)",
-        "HOST:PORT|off",
-    ),
-)
 
 _FIELD_NAMES = frozenset(f.name for f in fields(RelayConfig))
 # Settings whose RelayConfig field is not the flag's name in snake case.
@@ -414,7 +189,7 @@ def _read_file(path: str) -> ConfigFile:
         raise ConfigError(str(exc)) from None
 
 
-def _parse(setting: _Setting, raw: RawValue, label: str) -> Any:
+def _parse(setting: Setting, raw: RawValue, label: str) -> Any:
     """One setting's raw value(s) through its parser; a repeatable one gives a tuple."""
     try:
         if setting.repeat:

@@ -17,6 +17,46 @@ from relay.retry import RetryPolicy
 
 Headers = list[tuple[bytes, bytes]]
 
+#: Upstream response heads are small; anything larger is a broken upstream.
+MAX_RESPONSE_HEAD = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamTarget:
+    """One upstream base URL, split into what the connection pool needs."""
+
+    url: str
+    tls: bool
+    host: str
+    port: int
+    base_path: str
+
+    @property
+    def authority(self) -> bytes:
+        default = 443 if self.tls else 80
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return (host if self.port == default else f"{host}:{self.port}").encode()
+
+
+class PooledConnection(Protocol):
+    """An HTTP/1.1 upstream connection as its pool keeps it between exchanges."""
+
+    closed: bool
+
+    def abort(self) -> None: ...
+
+
+class ConnectionPool(Protocol):
+    """What an upstream connection needs of the pool that made it (relay/upstream_pool.py):
+    declared here so that connections and pool do not import each other."""
+
+    @property
+    def url(self) -> str: ...
+    @property
+    def target(self) -> UpstreamTarget: ...
+    def release(self, connection: PooledConnection) -> None: ...
+    def forget(self, connection: object) -> None: ...
+
 
 @dataclass(frozen=True, slots=True)
 class RequestHead:

@@ -7,8 +7,9 @@ stream's queue and pauses only this stream's upstream.
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+import h2.connection
 import h2.exceptions
 from h2.errors import ErrorCodes
 
@@ -16,8 +17,20 @@ from relay.exchange import Headers
 from relay.h2_connection import SendQueue, send_queued
 from relay.stream import RelayStream
 
-if TYPE_CHECKING:
-    from relay.h2_server import H2Server
+
+class StreamOwner(Protocol):
+    """The connection a stream belongs to (relay/h2_server.py's `H2Server`)."""
+
+    conn: h2.connection.H2Connection
+    write_paused: bool
+
+    @property
+    def alt_svc(self) -> bytes | None: ...
+    def schedule_flush(self) -> None: ...
+    def forget(self, stream_id: int) -> None: ...
+    def reset(self, stream_id: int, code: ErrorCodes) -> None: ...
+    def acknowledge(self, stream_id: int, size: int) -> None: ...
+
 
 # Headers that are meaningless in HTTP/2 and must not be sent (RFC 9113 8.2.2).
 _CONNECTION_SPECIFIC = frozenset(
@@ -38,7 +51,7 @@ class H2ClientStream:
         "unacked",
     )
 
-    def __init__(self, owner: H2Server, stream_id: int) -> None:
+    def __init__(self, owner: StreamOwner, stream_id: int) -> None:
         self._owner = owner
         self.id = stream_id
         self.relay: RelayStream | None = None

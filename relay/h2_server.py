@@ -20,6 +20,7 @@ import h2.exceptions
 import h2.settings
 from h2.errors import ErrorCodes
 
+from relay.edge_context import EdgeContext
 from relay.errors import BadRequest, HeadersTooLarge
 from relay.exchange import RequestHead
 from relay.h2_client_stream import H2ClientStream
@@ -35,7 +36,6 @@ from relay.h2_guard import (
     header_block_pending,
 )
 from relay.headers import split_request_fields
-from relay.relay_context import RelayContext
 
 log = logging.getLogger("sse_relay")
 
@@ -59,7 +59,7 @@ HPACK_MARGIN = 64 * 1024
 class H2Server(H2Endpoint):
     """One client connection speaking HTTP/2."""
 
-    def __init__(self, context: RelayContext) -> None:
+    def __init__(self, context: EdgeContext) -> None:
         self._context = context
         # Malformed requests are stream errors (RFC 9113 8.1.1): `relay.request_rules`
         # and `split_request_fields` find them and answer 400 on that stream only, where
@@ -115,7 +115,7 @@ class H2Server(H2Endpoint):
         self.conn.local_settings = h2.settings.Settings(client=False, initial_values=enforced)
         self.conn.decoder.max_header_list_size = hpack_ceiling
         self.flush()
-        self._context.on_drain.add(self.drain)
+        self._context.streams.on_drain.add(self.drain)
 
     def data_received(self, data: bytes) -> None:
         if self._backlog is not None:  # read before the pause took effect
@@ -124,7 +124,7 @@ class H2Server(H2Endpoint):
         self._receive(memoryview(data))
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._context.on_drain.discard(self.drain)
+        self._context.streams.on_drain.discard(self.drain)
         self._cancel_head_timer()
         self._drop_streams()
 
@@ -283,7 +283,7 @@ class H2Server(H2Endpoint):
         fields = split_request_fields(event.headers or ())
         stream = H2ClientStream(self, stream_id)
         self._streams[stream_id] = stream
-        relay = self._context.new_stream(
+        relay = self._context.streams.open(
             stream,
             RequestHead(
                 fields.method,
@@ -301,7 +301,7 @@ class H2Server(H2Endpoint):
         if fields.size > self._context.config.max_header_bytes:
             relay.refuse(HeadersTooLarge("request header fields too large"))
             return
-        self._context.start(relay)
+        self._context.streams.start(relay)
         stream.update_pause()
 
     # -- for the streams --------------------------------------------------------------

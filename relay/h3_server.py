@@ -35,11 +35,11 @@ from aioquic.quic.events import (
 from aioquic.quic.stream import QuicStreamSender
 
 from relay.config import RelayConfig
+from relay.edge_context import EdgeContext
 from relay.errors import BadRequest, HeadersTooLarge
 from relay.exchange import Headers, RequestHead
 from relay.headers import split_request_fields
 from relay.quic_listener import QuicListener, QuicSession
-from relay.relay_context import RelayContext
 from relay.stream import RelayStream
 
 log = logging.getLogger("sse_relay")
@@ -68,7 +68,7 @@ def quic_configuration(config: RelayConfig) -> QuicConfiguration:
 
 
 async def serve_h3(
-    context: RelayContext, host: str, port: int, *, reuse_port: bool = False
+    context: EdgeContext, host: str, port: int, *, reuse_port: bool = False
 ) -> QuicListener:
     """Listen for HTTP/3 on UDP `host`:`port` (shared with other workers: `reuse_port`)."""
     # aioquic logs every handshake at INFO; its warnings (peers breaking QUIC) stay.
@@ -188,7 +188,7 @@ class H3ClientStream:
 class H3Server:
     """One QUIC connection speaking HTTP/3: the `QuicHandler` for its session."""
 
-    def __init__(self, context: RelayContext, session: QuicSession) -> None:
+    def __init__(self, context: EdgeContext, session: QuicSession) -> None:
         self._context = context
         self.session = session
         self.quic = session.quic
@@ -204,7 +204,7 @@ class H3Server:
         self._ignored: set[int] = set()
         self._draining = False
         self._closed = False
-        context.on_drain.add(self.drain)
+        context.streams.on_drain.add(self.drain)
 
     @property
     def h3(self) -> _H3Connection:
@@ -237,7 +237,7 @@ class H3Server:
                 if stream.relay is not None:
                     stream.relay.on_client_gone()
         elif isinstance(event, ConnectionTerminated):
-            self._context.on_drain.discard(self.drain)
+            self._context.streams.on_drain.discard(self.drain)
             for stream_id in list(self._head_timers):
                 self._forget_head(stream_id)
             streams, self.streams = self.streams, {}
@@ -338,14 +338,14 @@ class H3Server:
             has_body=not event.stream_ended,
             http_version="3",
         )
-        relay = stream.relay = self._context.new_stream(stream, head)
+        relay = stream.relay = self._context.streams.open(stream, head)
         if fields.malformed is not None:
             relay.refuse(BadRequest(f"malformed HTTP/3 request: {fields.malformed}"))
             return
         if fields.size > self._context.config.max_header_bytes:
             relay.refuse(HeadersTooLarge("request header fields too large"))
             return
-        self._context.start(relay)
+        self._context.streams.start(relay)
         if event.stream_ended:
             relay.on_request_end()
 

@@ -16,6 +16,7 @@ import h11
 
 from relay.access_log import redact_text
 from relay.body_decoder import NO_BODY_STATUS
+from relay.edge_context import EdgeContext
 from relay.errors import (
     BadRequest,
     HeadersTooLarge,
@@ -27,7 +28,6 @@ from relay.errors import (
 )
 from relay.exchange import Headers, RequestHead
 from relay.headers import header_value
-from relay.relay_context import RelayContext
 from relay.stream import RelayStream
 
 # The client's send buffer: past HIGH the stream stops reading upstream (backpressure).
@@ -66,7 +66,7 @@ def _origin_form(target: bytes) -> bytes:
 class Http1Server(asyncio.Protocol):
     """One client connection speaking HTTP/1.1."""
 
-    def __init__(self, context: RelayContext) -> None:
+    def __init__(self, context: EdgeContext) -> None:
         self._context = context
         self._h11 = h11.Connection(
             h11.SERVER, max_incomplete_event_size=context.config.max_header_bytes
@@ -201,8 +201,8 @@ class Http1Server(asyncio.Protocol):
             has_body,
             http_version=request.http_version.decode(),
         )
-        self._stream = self._context.new_stream(self, head)
-        self._context.start(self._stream)
+        self._stream = self._context.streams.open(self, head)
+        self._context.streams.start(self._stream)
 
     def _await_head(self, timeout: float) -> None:
         self._cancel_head_timer()
@@ -272,7 +272,7 @@ class Http1Server(asyncio.Protocol):
         conn = self._h11
         if self._stream is not None or self._transport is None:
             return
-        if conn.our_state is h11.MUST_CLOSE or self._context.draining:
+        if conn.our_state is h11.MUST_CLOSE or self._context.streams.draining:
             if conn.their_state is h11.DONE or conn.their_state is h11.MUST_CLOSE:
                 self._transport.close()
             else:
@@ -303,7 +303,7 @@ class Http1Server(asyncio.Protocol):
         )
         if chunked:
             headers = [*headers, (b"transfer-encoding", b"chunked")]
-        if self._context.draining:
+        if self._context.streams.draining:
             headers = [*headers, (b"connection", b"close")]
         if self._context.alt_svc is not None:
             headers = [*headers, (b"alt-svc", self._context.alt_svc)]

@@ -33,20 +33,22 @@ class KeepaliveClock:
     activity and the normal schedule resumes.
     """
 
-    __slots__ = ("interval", "last_write")
+    __slots__ = ("last_write",)
 
-    def __init__(self, interval: float, now: float) -> None:
-        self.interval = interval
+    def __init__(self, now: float) -> None:
         #: When the relay last wrote a keepalive (or the stream started).
         self.last_write = now
 
-    def decide(self, now: float, last_upstream_byte: float, at_boundary: bool) -> Decision:
+    def decide(
+        self, now: float, last_upstream_byte: float, at_boundary: bool, interval: float
+    ) -> Decision:
+        """`interval` is the stream's (`StreamSettings`, its one owner)."""
         quiet_since = max(last_upstream_byte, self.last_write)
-        due = quiet_since + self.interval
+        due = quiet_since + interval
         # Timers may fire a hair early; treat within 1 ms as due rather than re-arm.
         if now + 0.001 < due:
             return Decision(False, due)
         if not at_boundary:
-            return Decision(False, now + self.interval)
+            return Decision(False, now + interval)
         self.last_write = now
-        return Decision(True, now + self.interval)
+        return Decision(True, now + interval)

@@ -9,16 +9,16 @@ from __future__ import annotations
 import asyncio
 from typing import cast
 
+from relay.edge_context import EdgeContext
 from relay.h2_connection import H2_PREFACE
 from relay.h2_server import H2Server
 from relay.http1_server import Http1Server
-from relay.relay_context import RelayContext
 
 
 class FirstBytesProtocol(asyncio.Protocol):
     """Holds a new connection until its protocol is known, then hands it over."""
 
-    def __init__(self, context: RelayContext) -> None:
+    def __init__(self, context: EdgeContext) -> None:
         self._context = context
         self._transport: asyncio.Transport | None = None
         self._buffer = b""

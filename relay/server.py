@@ -12,12 +12,16 @@ import ssl
 from relay import __version__
 from relay.access_log import configure_logging
 from relay.admin_server import serve_admin
-from relay.config import RelayConfig, format_listen
+from relay.config import RelayConfig
+from relay.edge_context import EdgeContext
 from relay.h3_server import serve_h3
 from relay.listener import FirstBytesProtocol
+from relay.metrics import RelayMetrics
 from relay.quic_listener import QuicListener
-from relay.relay_context import RelayContext
+from relay.setting_table import format_listen
 from relay.sse_scanner import IMPLEMENTATION
+from relay.stream_registry import StreamRegistry
+from relay.upstream_routes import UpstreamRoutes
 from relay.worker import watch_supervisor
 
 log = logging.getLogger("sse_relay")
@@ -63,7 +67,7 @@ def _address(scheme: str, server: asyncio.Server) -> str:
 
 
 async def _tls_listeners(
-    context: RelayContext, reuse_port: bool
+    context: EdgeContext, reuse_port: bool
 ) -> tuple[asyncio.Server, QuicListener | None]:
     """The TLS listener and, with --http3, the QUIC listener on the same port number.
 
@@ -111,7 +115,10 @@ async def serve(config: RelayConfig, worker_id: int | None = None) -> None:
     reuse_port = worker_id is not None
     _raise_file_limit()
     loop = asyncio.get_running_loop()
-    context = RelayContext(config)
+    routes = UpstreamRoutes(config)
+    metrics = RelayMetrics()
+    streams = StreamRegistry(routes, metrics, config.max_streams)
+    context = EdgeContext(config, streams, metrics)
     servers = [
         await loop.create_server(
             lambda: FirstBytesProtocol(context),
@@ -131,7 +138,7 @@ async def serve(config: RelayConfig, worker_id: int | None = None) -> None:
         if quic is not None:
             addresses.append(_address("h3", tls_server))
     # After the client listeners: an admin listener that answers means they are bound.
-    admin = await serve_admin(context, worker_id)
+    admin = await serve_admin(config, streams, metrics, worker_id)
     if admin is not None:
         addresses.append("admin=" + _address("http", admin))
     stop = asyncio.Event()
@@ -152,9 +159,9 @@ async def serve(config: RelayConfig, worker_id: int | None = None) -> None:
             server.close()
         if quic is not None:
             quic.accepting = False  # live QUIC connections keep their socket
-        live = len(context.active)
+        live = len(streams.active)
         log.info("draining %d streams for up to %g s", live, config.drain_timeout)
-        await context.drain(config.drain_timeout)
+        await streams.drain(config.drain_timeout)
         await asyncio.sleep(_FLUSH_SECONDS)
     finally:
         for server in servers:
@@ -163,5 +170,5 @@ async def serve(config: RelayConfig, worker_id: int | None = None) -> None:
             admin.close()  # only now: /readyz said "draining" while the drain ran
         if quic is not None:
             quic.close()
-        context.close()
+        routes.close()
         log.info("sse-relay stopped")

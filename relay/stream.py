@@ -69,6 +69,7 @@ class RelayStream:
         client: ClientSide,
         head: RequestHead,
         settings: StreamSettings,
+        open_upstream: OpenUpstream,
         metrics: RelayMetrics,
         active: set[RelayStream],
     ) -> None:
@@ -77,7 +78,7 @@ class RelayStream:
         self._active = active
         self._loop = asyncio.get_running_loop()
         self._machine = StreamMachine(head, settings, self._loop.time())
-        self._open_upstream: OpenUpstream | None = None
+        self._open_upstream = open_upstream
         self._upstream: UpstreamExchange | None = None
         # The try being opened: cancelled when the machine aborts it, so that a stream
         # the client reset at once (HTTP/2 rapid reset) never reaches upstream.
@@ -91,9 +92,8 @@ class RelayStream:
     def head(self) -> RequestHead:
         return self._machine.head
 
-    def start(self, open_upstream: OpenUpstream) -> None:
+    def start(self) -> None:
         """Relay a request that passed `relay.request_rules.check_request`."""
-        self._open_upstream = open_upstream
         self._run(self._machine.start(self._loop.time()))
 
     def refuse(self, error: RelayError) -> None:
@@ -209,7 +209,6 @@ class RelayStream:
         self._connecting = self._loop.create_task(self._connect(attempt))
 
     async def _connect(self, attempt: int) -> None:
-        assert self._open_upstream is not None
         machine = self._machine
         try:
             try:

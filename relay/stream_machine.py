@@ -177,7 +177,7 @@ class StreamMachine(StreamState):
             encoding = header_value(headers, b"content-encoding")
             if encoding is None or encoding.lower() == b"identity":
                 self._scanner = FrameScanner()
-                self._clock = KeepaliveClock(self._settings.keepalive_interval, now)
+                self._clock = KeepaliveClock(now)
                 # Keepalives add bytes, so the client's framing cannot be a fixed length.
                 headers = [(k, v) for k, v in headers if k != b"content-length"]
                 self._arm(now + self._settings.keepalive_interval)
@@ -362,7 +362,7 @@ class StreamMachine(StreamState):
         next_check = deadline
         clock, scanner = self._clock, self._scanner
         if clock is not None and scanner is not None:
-            decision = clock.decide(now, self._last_byte, scanner.at_boundary)
+            decision = clock.decide(now, self._last_byte, scanner.at_boundary, interval)
             if decision.write:
                 self.keepalives += 1
                 self._out.append(SendKeepalive(self._settings.keepalive_frame))

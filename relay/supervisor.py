@@ -28,7 +28,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from relay.access_log import configure_logging
-from relay.config import RelayConfig, format_listen
+from relay.config import RelayConfig
+from relay.setting_table import format_listen
 from relay.worker import WORKER_ENV
 
 log = logging.getLogger("sse_relay")

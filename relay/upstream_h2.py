@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 import h2.config
 import h2.events
@@ -21,12 +21,8 @@ import h2.settings
 from h2.errors import ErrorCodes
 
 from relay.errors import UpstreamUnavailable, upstream_failure
-from relay.exchange import Headers, ResponseSink
+from relay.exchange import MAX_RESPONSE_HEAD, ConnectionPool, Headers, ResponseSink
 from relay.h2_connection import GracefulH2Connection, H2Endpoint, SendQueue, send_queued
-from relay.upstream_http1 import MAX_RESPONSE_HEAD
-
-if TYPE_CHECKING:
-    from relay.upstream_pool import UpstreamPool
 
 #: Response bytes upstream may send a stream ahead of our acknowledgements: the most a
 #: paused stream holds in memory.
@@ -124,7 +120,7 @@ class H2Exchange:
 class H2Upstream(H2Endpoint):
     """An HTTP/2 connection to upstream, multiplexing exchanges as streams."""
 
-    def __init__(self, pool: UpstreamPool) -> None:
+    def __init__(self, pool: ConnectionPool) -> None:
         self._pool = pool
         config = h2.config.H2Configuration(client_side=True, header_encoding=None)
         super().__init__(GracefulH2Connection(config))

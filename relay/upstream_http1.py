@@ -7,19 +7,13 @@ h11 writes requests and parses response heads; response bodies bypass it (see
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 import h11
 
 from relay.body_decoder import BodyDecoder, BodyFramingError, body_decoder
 from relay.errors import RelayError, upstream_failure
-from relay.exchange import Headers, ResponseSink
-
-if TYPE_CHECKING:
-    from relay.upstream_pool import UpstreamPool
-
-#: Upstream response heads are small; anything larger is a broken upstream.
-MAX_RESPONSE_HEAD = 256 * 1024
+from relay.exchange import MAX_RESPONSE_HEAD, ConnectionPool, Headers, ResponseSink
 
 
 def _client_connection() -> h11.Connection:
@@ -29,7 +23,7 @@ def _client_connection() -> h11.Connection:
 class Http1Upstream(asyncio.Protocol):
     """A keep-alive HTTP/1.1 connection carrying one exchange at a time."""
 
-    def __init__(self, pool: UpstreamPool) -> None:
+    def __init__(self, pool: ConnectionPool) -> None:
         self._pool = pool
         self._h11 = _client_connection()
         self._transport: asyncio.Transport | None = None

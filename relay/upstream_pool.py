@@ -14,9 +14,14 @@ import contextlib
 import ssl
 from collections import deque
 
-from relay.config import UpstreamTarget
 from relay.errors import ConnectTimeout, UpstreamCertificateError, UpstreamUnavailable
-from relay.exchange import RequestHead, ResponseSink, UpstreamExchange
+from relay.exchange import (
+    PooledConnection,
+    RequestHead,
+    ResponseSink,
+    UpstreamExchange,
+    UpstreamTarget,
+)
 from relay.headers import upstream_request_headers
 from relay.upstream_h2 import H2Upstream
 from relay.upstream_http1 import Http1Upstream
@@ -116,13 +121,14 @@ class UpstreamPool:
                 connection.abort()
             raise
 
-    def release(self, connection: Http1Upstream) -> None:
+    def release(self, connection: PooledConnection) -> None:
         """A connection finished an exchange cleanly and may carry another."""
+        assert isinstance(connection, Http1Upstream)  # only those are pooled idle
         self._idle.append((self._loop.time() + IDLE_SECONDS, connection))
         while len(self._idle) > MAX_IDLE:
             self._idle.popleft()[1].abort()
 
-    def forget(self, connection: Http1Upstream | H2Upstream) -> None:
+    def forget(self, connection: object) -> None:
         """A connection closed or is draining; it must never be handed out again."""
         if isinstance(connection, H2Upstream):
             with contextlib.suppress(ValueError):

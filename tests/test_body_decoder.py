@@ -26,9 +26,8 @@ from relay.body_decoder import (
     ContentLengthDecoder,
     body_decoder,
 )
-from relay.config import UpstreamTarget
 from relay.errors import RelayError, UpstreamLost
-from relay.exchange import Headers, RequestHead
+from relay.exchange import Headers, RequestHead, UpstreamTarget
 from relay.upstream_pool import UpstreamPool
 
 PROPERTIES = settings(
