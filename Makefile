@@ -5,9 +5,12 @@ BIN := $(VENV)/bin
 UPSTREAM ?= https://api.anthropic.com
 LISTEN ?= 127.0.0.1:8080
 STAMP := $(VENV)/.installed
-TEST_TOOLS := curl=curl nghttp=nghttp2-client
+TEST_TOOLS := curl=curl nghttp=nghttp2-client node=nodejs npm=npm
+# The TypeScript SDK the tests drive (tests/test_ts_sdk.py), pinned by its lock file.
+NODE_DIR := tests/node
+NODE_STAMP := $(NODE_DIR)/node_modules/.installed
 
-.PHONY: install run sim demo dist test lint system-deps bench bench-quick bench-profile clean
+.PHONY: install run sim demo dist test lint system-deps node-install bench bench-quick bench-profile clean
 
 $(STAMP): pyproject.toml setup.py relay/_fastsse.pyx
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,11 +36,18 @@ dist: install
 system-deps:
 	scripts/system-deps.sh $(TEST_TOOLS)
 
+# Again when node_modules is gone (the stamp with it) or the lock file changed.
+$(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json | system-deps
+	cd $(NODE_DIR) && npm ci --no-audit --no-fund
+	touch $@
+
+node-install: $(NODE_STAMP)
+
 lint: install
 	$(BIN)/ruff check relay tests scripts bench
 	$(BIN)/mypy
 
-test: install system-deps lint
+test: install system-deps node-install lint
 	$(BIN)/python -m pytest -q
 
 # Benchmarks (bench/, README "Benchmarks"): Python extras, then nginx from Debian.
@@ -66,4 +76,4 @@ bench-profile: bench-install
 	PATH="$$PATH:/usr/sbin" $(BIN)/python -m bench.profile
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info relay/*.so relay/_fastsse.c
+	rm -rf $(VENV) build dist *.egg-info relay/*.so relay/_fastsse.c $(NODE_DIR)/node_modules

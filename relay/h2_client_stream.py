@@ -69,7 +69,13 @@ class H2ClientStream:
         alt_svc = self._owner.alt_svc
         if alt_svc is not None:
             block.append((b"alt-svc", alt_svc))
-        self._owner.conn.send_headers(self.id, block)
+        try:
+            self._owner.conn.send_headers(self.id, block)
+        except h2.exceptions.ProtocolError:
+            # Reset by the client in the same read that opened it (h2 may have dropped
+            # the stream already, closed or not): nobody to answer.
+            self._owner.forget(self.id)
+            return
         self._owner.schedule_flush()
 
     def send_body(self, data: bytes) -> None:
@@ -104,7 +110,7 @@ class H2ClientStream:
             if not pending and self._ended:
                 conn.end_stream(self.id)
                 self._owner.forget(self.id)
-        except h2.exceptions.StreamClosedError:
+        except h2.exceptions.ProtocolError:  # closed, or already forgotten by h2
             pending.clear()
             self._owner.forget(self.id)
             return

@@ -65,3 +65,13 @@ def header_block_pending(conn: H2Connection) -> bool:
     if not data:
         return False
     return len(data) < _FRAME_HEADER or data[3] in (_HEADERS, _CONTINUATION)
+
+
+def oversized_frame_pending(conn: H2Connection) -> bool:
+    """Whether the frame being read declares more than the frame size we allow.
+
+    h2 checks a frame's length only once all of it has arrived, up to 16 MiB later;
+    RFC 9113 4.2 lets the header alone be answered with FRAME_SIZE_ERROR.
+    """
+    data = conn.incoming_buffer._data
+    return len(data) >= _FRAME_HEADER and int.from_bytes(data[:3]) > conn.max_inbound_frame_size

@@ -34,6 +34,7 @@ from relay.h2_guard import (
     RESETS_PER_SECOND,
     RateLimit,
     header_block_pending,
+    oversized_frame_pending,
 )
 from relay.headers import split_request_fields
 
@@ -145,6 +146,10 @@ class H2Server(H2Endpoint):
             if self._closed:
                 return
             self._dispatch(event)
+        if oversized_frame_pending(self.conn):
+            log.warning("HTTP/2 frame over the size limit from %s", self._client_ip)
+            self._go_away(ErrorCodes.FRAME_SIZE_ERROR, b"frame too large")
+            return
         if self._push_all:
             # Once per read, however many connection-level WINDOW_UPDATEs (or SETTINGS)
             # came in it: each would otherwise walk every stream.
@@ -313,7 +318,7 @@ class H2Server(H2Endpoint):
 
     def acknowledge(self, stream_id: int, size: int) -> None:
         if size:
-            with contextlib.suppress(h2.exceptions.StreamClosedError):
+            with contextlib.suppress(h2.exceptions.ProtocolError):  # a stream gone by now
                 self.conn.acknowledge_received_data(size, stream_id)
             self.schedule_flush()
 
@@ -321,7 +326,7 @@ class H2Server(H2Endpoint):
         self._remove(stream_id)
         try:
             self.conn.reset_stream(stream_id, code)
-        except h2.exceptions.StreamClosedError:
+        except h2.exceptions.ProtocolError:  # closed already, or forgotten by h2
             return
         self.schedule_flush()
         self._close_when_idle()

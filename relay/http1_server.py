@@ -19,6 +19,7 @@ from relay.body_decoder import NO_BODY_STATUS
 from relay.edge_context import EdgeContext
 from relay.errors import (
     BadRequest,
+    BodyTooLarge,
     HeadersTooLarge,
     HeaderTimeout,
     RelayError,
@@ -63,6 +64,16 @@ def _origin_form(target: bytes) -> bytes:
     return rest if rest.startswith(b"/") else b"/" + rest  # "http://host?q" -> "/?q"
 
 
+def pending_chunk_size(conn: h11.Connection) -> int:
+    """Bytes left of the request body chunk h11 is reading (0 outside one).
+
+    h11 shows no chunk sizes, and waits for a whole announced chunk before giving up
+    on it; its ChunkedReader keeps the count in `_bytes_in_chunk`, guarded by
+    tests/test_library_internals.py.
+    """
+    return int(getattr(conn._reader, "_bytes_in_chunk", 0))
+
+
 class Http1Server(asyncio.Protocol):
     """One client connection speaking HTTP/1.1."""
 
@@ -95,7 +106,9 @@ class Http1Server(asyncio.Protocol):
         self._await_head(self._context.config.header_timeout)
 
     def data_received(self, data: bytes) -> None:
-        if self._lingering:
+        if self._lingering or self._h11.their_state is h11.MUST_CLOSE:
+            # Bytes after a request that ends the connection (Connection: close,
+            # HTTP/1.0) are ignored, as RFC 9112 9.6 asks, not parsed as a request.
             return
         if self._head_timer is not None and not self._head_started:
             # The first byte of a request head starts the slowloris clock.
@@ -133,6 +146,8 @@ class Http1Server(asyncio.Protocol):
     def _drain_events(self) -> None:
         conn = self._h11
         while self._transport is not None and not self._transport.is_closing():
+            if self._lingering or conn.their_state is h11.MUST_CLOSE:
+                return  # answered and closing, or nothing may follow this request
             try:
                 event = conn.next_event()
             except h11.RemoteProtocolError as exc:
@@ -148,6 +163,9 @@ class Http1Server(asyncio.Protocol):
                     self._stream.on_request_end()
                 self._maybe_next_cycle()
             elif event is h11.NEED_DATA:
+                if pending_chunk_size(conn) > self._context.config.max_body_bytes:
+                    # h11 would wait for all of an announced chunk (even 2**72 bytes).
+                    self._refuse_error(BodyTooLarge("a request body chunk exceeds the limit"))
                 return
             elif event is h11.PAUSED:
                 # A pipelined request waits until this response is done.
@@ -178,6 +196,7 @@ class Http1Server(asyncio.Protocol):
 
     def _open_stream(self, request: h11.Request) -> None:
         self._cancel_head_timer()
+        self._method = request.method
         error = self._framing_error(request)
         if error is not None:
             log.warning("refused request from %s: %d %s", self._client_ip, error.status, error)
@@ -186,7 +205,6 @@ class Http1Server(asyncio.Protocol):
             return
         if self._h11.they_are_waiting_for_100_continue:
             self._write(self._h11.send(h11.InformationalResponse(status_code=100, headers=[])))
-        self._method = request.method
         headers = list(request.headers)
         length = header_value(headers, b"content-length")
         has_body = header_value(headers, b"transfer-encoding") is not None or (
@@ -229,13 +247,15 @@ class Http1Server(asyncio.Protocol):
 
     def _refuse(self, exc: h11.RemoteProtocolError) -> None:
         """Malformed or oversize input: answer in the API's error shape, then close."""
-        error = (
+        self._refuse_error(
             HeadersTooLarge("request header fields too large")
             if exc.error_status_hint == 431
             # h11 quotes the offending line, which may carry the client's credentials.
             else BadRequest(f"malformed HTTP/1.1 request: {redact_text(str(exc))}")
         )
-        log.warning("refused connection from %s: %d %s", self._client_ip, error.status, exc)
+
+    def _refuse_error(self, error: RelayError) -> None:
+        log.warning("refused connection from %s: %d %s", self._client_ip, error.status, error)
         self._context.metrics.refused(error.status)
         stream, self._stream = self._stream, None
         if stream is not None:
@@ -245,10 +265,12 @@ class Http1Server(asyncio.Protocol):
     def _write_refusal(self, error: RelayError) -> None:
         """An error answer written by hand, then close: h11 frames nothing for a peer
         that broke protocol."""
-        if self._transport is None:
+        if self._transport is None or self._lingering:
             return
         if self._h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):
             headers, body = error_response(error, new_request_id())
+            if self._method == b"HEAD":
+                body = b""  # the length stays: it is what a GET would have got
             if self._context.alt_svc is not None:
                 headers.append((b"alt-svc", self._context.alt_svc))
             head = b"HTTP/1.1 %d %s\r\n" % (error.status, _REASONS.get(error.status, b""))
@@ -279,6 +301,7 @@ class Http1Server(asyncio.Protocol):
                 self._close_lingering()
         elif conn.our_state is h11.DONE and conn.their_state is h11.DONE:
             conn.start_next_cycle()
+            self._method = b""
             # Bytes of a pipelined request may be here already: its head is then under
             # way, and the header timeout runs, not the idle one.
             self._raw_head = bytes(conn.trailing_data[0])
@@ -321,7 +344,9 @@ class Http1Server(asyncio.Protocol):
             # Chunk framing by hand: h11's chunked writer keeps no count, so bypassing
             # it per chunk is safe and saves an event object and a state-machine pass.
             transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
-        else:
+        elif self._h11.our_state is h11.SEND_BODY and self._method != b"HEAD":
+            # A HEAD answer has no body (h11 would raise on one, the relay's own error
+            # answers included); nor has one h11 already ended (204, 304).
             transport.writelines(self._h11.send_with_data_passthrough(h11.Data(data=data)) or ())
 
     def send_end(self) -> None:

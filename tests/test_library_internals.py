@@ -11,15 +11,18 @@ from importlib.metadata import version
 
 import h2.config
 import h2.connection
+import h11
 from aioquic.h3.connection import H3Connection
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.stream import QuicStreamSender
 
 from relay.h2_connection import GracefulH2Connection
-from relay.h2_guard import header_block_pending
+from relay.h2_guard import header_block_pending, oversized_frame_pending
+from relay.http1_server import pending_chunk_size
 
 H2 = f"h2 {version('h2')}"
+H11 = f"h11 {version('h11')}"
 AIOQUIC = f"aioquic {version('aioquic')}"
 
 
@@ -53,6 +56,27 @@ def test_header_block_pending_reads_what_h2_buffers() -> None:
     # CONTINUATION with END_HEADERS completes the block: ":authority: a".
     server.receive_data(b"\x00\x00\x01\x09\x04\x00\x00\x00\x01" + b"a")
     assert not header_block_pending(server), f"{H2}: completed header block still pending"
+
+
+def test_oversized_frame_pending_reads_the_frame_header() -> None:
+    server = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+    server.initiate_connection()
+    client = h2.connection.H2Connection()
+    client.initiate_connection()
+    server.receive_data(client.data_to_send())
+    server.receive_data(b"\x01\x00\x00\x00\x00\x00\x00\x00\x01")  # 64 KiB DATA, no payload
+    assert oversized_frame_pending(server), f"{H2}: an oversized frame header not seen"
+
+
+def test_h11_chunked_reader_shows_the_announced_chunk_size() -> None:
+    """relay/http1_server.py reads h11's ChunkedReader._bytes_in_chunk."""
+    conn = h11.Connection(h11.SERVER)
+    conn.receive_data(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
+    assert isinstance(conn.next_event(), h11.Request)
+    assert pending_chunk_size(conn) == 0
+    conn.receive_data(b"ffffffffffffffffff\r\nab")
+    conn.next_event()
+    assert pending_chunk_size(conn) == 0xFFFFFFFFFFFFFFFFFF - 2, f"{H11}: _bytes_in_chunk"
 
 
 def test_aioquic_stream_sender_buffer_and_connection_streams() -> None:

@@ -1,0 +1,1 @@
+"""Hostile-input tests: request smuggling, malformed heads, fuzzing, leak checks."""
