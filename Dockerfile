@@ -11,6 +11,7 @@ RUN apt-get update \
 WORKDIR /src
 COPY pyproject.toml setup.py README.md ./
 COPY relay ./relay
+COPY relay_sim ./relay_sim
 COPY scripts/build-dist.sh ./scripts/
 # Editable, as `make install` does: the compiled scanner lands in relay/, where
 # build-dist.sh checks for it and PyInstaller collects it.

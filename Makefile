@@ -12,7 +12,7 @@ NODE_STAMP := $(NODE_DIR)/node_modules/.installed
 
 .PHONY: install run sim demo dist test lint system-deps node-install bench bench-quick bench-profile clean
 
-$(STAMP): pyproject.toml setup.py relay/_fastsse.pyx
+$(STAMP): pyproject.toml setup.py relay/sse/_fastsse.pyx relay/sse/_fastsse.pxd
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip setuptools wheel
 	$(BIN)/pip install -q -e '.[test]'
@@ -44,7 +44,7 @@ $(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json | system-d
 node-install: $(NODE_STAMP)
 
 lint: install
-	$(BIN)/ruff check relay tests scripts bench
+	$(BIN)/ruff check relay relay_sim tests scripts bench
 	$(BIN)/mypy
 
 test: install system-deps node-install lint
@@ -76,4 +76,4 @@ bench-profile: bench-install
 	PATH="$$PATH:/usr/sbin" $(BIN)/python -m bench.profile
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info relay/*.so relay/_fastsse.c $(NODE_DIR)/node_modules
+	rm -rf $(VENV) build dist *.egg-info relay/sse/*.so relay/sse/_fastsse.c $(NODE_DIR)/node_modules

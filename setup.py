@@ -13,7 +13,7 @@ if os.environ.get("SSE_RELAY_NO_EXTENSIONS") != "1":
     from Cython.Build import cythonize
 
     ext_modules = cythonize(
-        [Extension("relay._fastsse", ["relay/_fastsse.pyx"], extra_compile_args=["-O3"])],
+        [Extension("relay.sse._fastsse", ["relay/sse/_fastsse.pyx"], extra_compile_args=["-O3"])],
         compiler_directives={
             "language_level": "3",
             "boundscheck": False,

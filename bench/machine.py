@@ -13,7 +13,7 @@ from typing import Any
 from bench.contenders import NGINX
 from bench.procs import REPO
 from relay import __version__
-from relay.sse_scanner import IMPLEMENTATION
+from relay.sse.scanner import IMPLEMENTATION
 
 
 def _run(*args: str) -> str:

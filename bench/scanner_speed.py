@@ -9,7 +9,7 @@ from typing import Any
 
 from bench.frames import thinking_heavy_stream
 from bench.procs import CONTENDER_CPUS, pinning_enabled
-from relay import sse_scanner_pure
+from relay.sse import scanner_pure as sse_scanner_pure
 
 CHUNK_SIZES = {"small (100 B)": 100, "large (64 KiB)": 64 * 1024}
 ROUNDS = 3  # best of: a VM's neighbours only ever make a round slower
@@ -18,7 +18,7 @@ ROUNDS = 3  # best of: a VM's neighbours only ever make a round slower
 def _implementations() -> dict[str, Callable[[], Any]]:
     found: dict[str, Callable[[], Any]] = {"python": sse_scanner_pure.FrameScanner}
     try:
-        from relay._fastsse import FrameScanner
+        from relay.sse._fastsse import FrameScanner
     except ImportError:  # reported as missing, not silently skipped
         return found
     found["cython"] = FrameScanner

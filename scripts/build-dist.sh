@@ -8,8 +8,8 @@ out="${1:-dist}"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 python="${PYTHON:-.venv/bin/python}"
-"$python" -c 'import relay._fastsse' # fail loudly: the binary must carry the scanner
+"$python" -c 'import relay.sse._fastsse' # fail loudly: the binary must carry the scanner
 "$python" -m PyInstaller --onefile --noconfirm --log-level WARN --name sse-relay \
-  --paths . --collect-submodules relay --collect-submodules uvloop \
+  --paths . --collect-submodules relay --collect-submodules relay_sim --collect-submodules uvloop \
   --distpath "$out" --workpath "$work/build" --specpath "$work" relay/__main__.py
 echo "built $out/sse-relay"

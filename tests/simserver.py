@@ -8,15 +8,15 @@ from collections.abc import Callable
 from ssl import SSLContext
 from types import TracebackType
 
-from relay.sim import CloseRecord, SimState, run, start
-from relay.sim_script import RecordedRequest, SimScript
+from relay_sim.script import RecordedRequest, SimScript
+from relay_sim.sim import CloseRecord, SimState, run, start
 from tests.clients import wait_for
 
 
 class SimServer:
     """The sim on 127.0.0.1 (a free port) in a daemon thread, on its own event loop.
 
-    The loop is uvloop when installed, as for `python -m relay.sim`. It speaks HTTP/1.1,
+    The loop is uvloop when installed, as for `python -m relay_sim.sim`. It speaks HTTP/1.1,
     and HTTP/2 to clients that open with its preface (h2c). With `ssl` (a server context)
     it speaks TLS only, offering h2 and http/1.1 by ALPN; `url` still says http://, so
     build https URLs. Each HTTP/2 connection advertises `h2_max_streams` concurrent streams.

@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx2
 
-from relay.access_log import JsonFormatter, redact_headers, redact_text
+from relay.ops.access_log import JsonFormatter, redact_headers, redact_text
 from tests.clients import MESSAGE_PARAMS, STREAM_BODY, raw_http, raw_stream, script
 from tests.relayproc import RelayProcess
 from tests.simserver import SimServer

@@ -17,7 +17,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from relay.body_decoder import (
+from relay.core.errors import RelayError, UpstreamLost
+from relay.core.exchange import Headers, RequestHead, UpstreamTarget
+from relay.upstream.body_decoder import (
     MAX_LINE,
     BodyDecoder,
     BodyFramingError,
@@ -26,9 +28,7 @@ from relay.body_decoder import (
     ContentLengthDecoder,
     body_decoder,
 )
-from relay.errors import RelayError, UpstreamLost
-from relay.exchange import Headers, RequestHead, UpstreamTarget
-from relay.upstream_pool import UpstreamPool
+from relay.upstream.pool import UpstreamPool
 
 PROPERTIES = settings(
     max_examples=300,

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from relay.config import ConfigError, add_arguments, load
-from relay.routes import RouteTable
+from relay.core.route_table import RouteTable
+from relay.ops.config import ConfigError, add_arguments, load
 from tests.clients import KEEPALIVE, closed_port, raw_stream, script
 from tests.relayproc import RelayProcess, run_cli
 from tests.simserver import SimServer

@@ -15,7 +15,7 @@ import anthropic
 import httpx2
 import pytest
 
-from relay.sim_script import SimScript
+from relay_sim.script import SimScript
 from tests.clients import (
     KEEPALIVE,
     MESSAGE_PARAMS,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from relay.headers import (
+from relay.core.headers import (
     end_to_end,
     relayed_response_headers,
     split_request_fields,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.keepalive import KeepaliveClock
+from relay.core.keepalive import KeepaliveClock
 
 
 def test_writes_once_per_interval_of_silence() -> None:

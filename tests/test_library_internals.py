@@ -17,9 +17,9 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.stream import QuicStreamSender
 
-from relay.h2_connection import GracefulH2Connection
-from relay.h2_guard import header_block_pending, oversized_frame_pending
-from relay.http1_server import pending_chunk_size
+from relay.edge.h2_endpoint import GracefulH2Connection
+from relay.edge.h2_guard import header_block_pending, oversized_frame_pending
+from relay.edge.http1 import pending_chunk_size
 
 H2 = f"h2 {version('h2')}"
 H11 = f"h11 {version('h11')}"
@@ -27,7 +27,7 @@ AIOQUIC = f"aioquic {version('aioquic')}"
 
 
 def test_h2_state_machine_transitions_are_a_table() -> None:
-    """relay/h2_connection.py rewrites the GOAWAY transitions of this table."""
+    """relay/edge/h2_endpoint.py rewrites the GOAWAY transitions of this table."""
     table = getattr(h2.connection.H2ConnectionStateMachine, "_transitions", None)
     assert isinstance(table, dict) and table, f"{H2}: H2ConnectionStateMachine._transitions"
     conn = GracefulH2Connection(h2.config.H2Configuration(client_side=False))
@@ -35,7 +35,7 @@ def test_h2_state_machine_transitions_are_a_table() -> None:
 
 
 def test_h2_frame_buffer_shows_partial_frames_and_header_blocks() -> None:
-    """relay/h2_guard.py reads FrameBuffer._data and ._headers_buffer."""
+    """relay/edge/h2_guard.py reads FrameBuffer._data and ._headers_buffer."""
     buffer = h2.connection.H2Connection().incoming_buffer
     assert isinstance(getattr(buffer, "_data", None), bytearray), f"{H2}: FrameBuffer._data"
     assert getattr(buffer, "_headers_buffer", None) == [], f"{H2}: FrameBuffer._headers_buffer"
@@ -69,7 +69,7 @@ def test_oversized_frame_pending_reads_the_frame_header() -> None:
 
 
 def test_h11_chunked_reader_shows_the_announced_chunk_size() -> None:
-    """relay/http1_server.py reads h11's ChunkedReader._bytes_in_chunk."""
+    """relay/edge/http1.py reads h11's ChunkedReader._bytes_in_chunk."""
     conn = h11.Connection(h11.SERVER)
     conn.receive_data(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
     assert isinstance(conn.next_event(), h11.Request)
@@ -80,7 +80,7 @@ def test_h11_chunked_reader_shows_the_announced_chunk_size() -> None:
 
 
 def test_aioquic_stream_sender_buffer_and_connection_streams() -> None:
-    """relay/h3_server.py reads QuicStreamSender._buffer and QuicConnection._streams, and
+    """relay/edge/h3.py reads QuicStreamSender._buffer and QuicConnection._streams, and
     overrides H3Connection._get_local_settings."""
     sender = QuicStreamSender(stream_id=0, writable=True)
     assert isinstance(getattr(sender, "_buffer", None), bytearray), f"{AIOQUIC}: _buffer"

@@ -14,7 +14,7 @@ import anthropic
 import httpx2
 import pytest
 
-from relay.sim import CloseRecord
+from relay_sim.sim import CloseRecord
 from tests.clients import (
     KEEPALIVE,
     MESSAGE_PARAMS,

@@ -1,15 +1,15 @@
-"""The one rule for what goes upstream (relay/request_rules.py), and how HTTP/2 and
-HTTP/3 pseudo-headers are checked (relay/headers.py), without sockets."""
+"""The one rule for what goes upstream (relay/core/request_rules.py), and how HTTP/2 and
+HTTP/3 pseudo-headers are checked (relay/core/headers.py), without sockets."""
 
 from __future__ import annotations
 
 import pytest
 
-from relay.errors import BadRequest, MethodNotAllowed, RelayError
-from relay.exchange import RequestHead
-from relay.h2_guard import RateLimit
-from relay.headers import split_request_fields
-from relay.request_rules import check_request, declared_length
+from relay.core.errors import BadRequest, MethodNotAllowed, RelayError
+from relay.core.exchange import RequestHead
+from relay.core.headers import split_request_fields
+from relay.core.request_rules import check_request, declared_length
+from relay.edge.h2_guard import RateLimit
 
 
 def head(

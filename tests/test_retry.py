@@ -6,7 +6,7 @@ import email.utils
 
 import pytest
 
-from relay.retry import RetryPolicy, retry_after
+from relay.core.retry import RetryPolicy, retry_after
 
 POLICY = RetryPolicy(attempts=3, budget=10.0, base_delay=0.1, max_delay=1.0)
 

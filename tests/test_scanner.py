@@ -18,12 +18,12 @@ from anthropic._streaming import SSEDecoder
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import relay.sse_scanner
-from relay.sse_scanner_pure import FrameScanner as PureScanner
+import relay.sse.scanner
+from relay.sse.scanner_pure import FrameScanner as PureScanner
 
 FastScanner: Any
 try:
-    from relay._fastsse import FrameScanner as FastScanner
+    from relay.sse._fastsse import FrameScanner as FastScanner
 
     FAST_IMPORT_ERROR = ""
 except ImportError as exc:
@@ -43,7 +43,7 @@ def fast_scanner_class() -> Any:
         if NO_EXTENSIONS:
             pytest.skip("SSE_RELAY_NO_EXTENSIONS=1: the Cython extension is not built")
         pytest.fail(
-            f"relay._fastsse is not built ({FAST_IMPORT_ERROR}); run "
+            f"relay.sse._fastsse is not built ({FAST_IMPORT_ERROR}); run "
             "`python setup.py build_ext --inplace` or set SSE_RELAY_NO_EXTENSIONS=1"
         )
     return FastScanner
@@ -381,26 +381,26 @@ def test_long_event_line_split_bytewise(scanner_class: Any) -> None:
 
 def test_extension_is_built_unless_disabled() -> None:
     if NO_EXTENSIONS:
-        assert relay.sse_scanner.IMPLEMENTATION == "python"
-        assert relay.sse_scanner.FrameScanner is PureScanner
+        assert relay.sse.scanner.IMPLEMENTATION == "python"
+        assert relay.sse.scanner.FrameScanner is PureScanner
     else:
         assert FastScanner is not None, (
-            f"relay._fastsse is not built ({FAST_IMPORT_ERROR}); run "
+            f"relay.sse._fastsse is not built ({FAST_IMPORT_ERROR}); run "
             "`python setup.py build_ext --inplace` or set SSE_RELAY_NO_EXTENSIONS=1"
         )
-        assert relay.sse_scanner.IMPLEMENTATION == "cython"
-        assert relay.sse_scanner.FrameScanner is FastScanner
+        assert relay.sse.scanner.IMPLEMENTATION == "cython"
+        assert relay.sse.scanner.FrameScanner is FastScanner
 
 
 @pytest.mark.parametrize(
     ("env", "setup", "expected"),
     [
         ({"SSE_RELAY_NO_EXTENSIONS": "1"}, "", "python"),
-        ({}, "sys.modules['relay._fastsse'] = None", "python"),  # import fails: fall back
+        ({}, "sys.modules['relay.sse._fastsse'] = None", "python"),  # import fails: fall back
     ],
 )
 def test_implementation_choice(env: dict[str, str], setup: str, expected: str) -> None:
-    code = f"import sys\n{setup}\nimport relay.sse_scanner as s\nprint(s.IMPLEMENTATION)"
+    code = f"import sys\n{setup}\nimport relay.sse.scanner as s\nprint(s.IMPLEMENTATION)"
     environ = {k: v for k, v in os.environ.items() if k != "SSE_RELAY_NO_EXTENSIONS"} | env
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = subprocess.run(

@@ -20,8 +20,8 @@ import h11
 import httpx2
 import pytest
 
-from relay.sim import CloseRecord
-from relay.sim_script import SimScript
+from relay_sim.script import SimScript
+from relay_sim.sim import CloseRecord
 from tests.h2client import RawH2Client
 from tests.simserver import SimServer
 
@@ -422,8 +422,8 @@ def test_script_validation() -> None:
 
 @contextlib.contextmanager
 def _sim_process(*args: str) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    """`python -m relay.sim` on a free port: (process, port); SIGTERM must exit it with 0."""
-    command = [sys.executable, "-m", "relay.sim", "--listen", "127.0.0.1:0", *args]
+    """`python -m relay_sim.sim` on a free port: (process, port); SIGTERM must exit it with 0."""
+    command = [sys.executable, "-m", "relay_sim.sim", "--listen", "127.0.0.1:0", *args]
     with subprocess.Popen(command, stdout=subprocess.PIPE) as proc:
         try:
             assert proc.stdout is not None

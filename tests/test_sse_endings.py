@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from relay.sse_endings import (
+from relay.core.endings import (
     close_partial_frame,
     ended_by_upstream,
     ending_frames,
     needs_truncation_error,
 )
-from relay.sse_scanner import FrameScanner
+from relay.sse.scanner import FrameScanner
 
 START = b'event: message_start\ndata: {"type":"message_start"}\n\n'
 STOP = b'event: message_stop\ndata: {"type":"message_stop"}\n\n'

@@ -18,12 +18,12 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from relay.body_policy import BodyPolicy
-from relay.errors import UpstreamLost, UpstreamUnavailable
-from relay.exchange import RequestHead, StreamSettings
-from relay.keepalive import COMMENT_FRAME
-from relay.retry import RetryPolicy
-from relay.stream_actions import (
+from relay.core.body_policy import BodyPolicy
+from relay.core.errors import UpstreamLost, UpstreamUnavailable
+from relay.core.exchange import RequestHead, StreamSettings
+from relay.core.keepalive import COMMENT_FRAME
+from relay.core.retry import RetryPolicy
+from relay.core.stream_actions import (
     AbortUpstream,
     Action,
     ArmTimer,
@@ -39,8 +39,8 @@ from relay.stream_actions import (
     UpstreamBody,
     UpstreamEnd,
 )
-from relay.stream_machine import StreamMachine
-from relay.stream_record import Outcome
+from relay.core.stream_machine import StreamMachine
+from relay.core.stream_record import Outcome
 
 INTERVAL = 1.0
 SETTINGS = StreamSettings(

@@ -22,7 +22,7 @@ EXCHANGE_TIMEOUT = 10.0
 #: Slack for the relay's open descriptors after a group (pool churn, a lingering close).
 FD_SLACK = 2
 HTTP_VERSION_LABELS = frozenset({"1.0", "1.1", "2", "3"})
-#: The gauge of streams in progress (relay/metrics.py), one series per HTTP version.
+#: The gauge of streams in progress (relay/ops/metrics.py), one series per HTTP version.
 ACTIVE_STREAMS = "sse_relay_streams_active"
 
 Header = tuple[bytes, bytes]

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from relay.sim_script import RecordedRequest
+from relay_sim.script import RecordedRequest
 from tests.clients import KEEPALIVE, STREAM_BODY, wait_for
 from tests.hostile.h2_attack import (
     PROTOCOL_ERROR,

@@ -1,0 +1,124 @@
+"""The contracts between the relay core and its edges, and the per-stream settings.
+
+Adapters (HTTP/1.1, HTTP/2, HTTP/3) implement `ClientSide`; upstream connections
+implement `UpstreamExchange` and deliver to a `ResponseSink`. Nothing here knows an
+HTTP version.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from relay.core.body_policy import BodyPolicy
+from relay.core.errors import RelayError
+from relay.core.retry import RetryPolicy
+
+Headers = list[tuple[bytes, bytes]]
+
+#: Upstream response heads are small; anything larger is a broken upstream.
+MAX_RESPONSE_HEAD = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamTarget:
+    """One upstream base URL, split into what the connection pool needs."""
+
+    url: str
+    tls: bool
+    host: str
+    port: int
+    base_path: str
+
+    @property
+    def authority(self) -> bytes:
+        default = 443 if self.tls else 80
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return (host if self.port == default else f"{host}:{self.port}").encode()
+
+
+class PooledConnection(Protocol):
+    """An HTTP/1.1 upstream connection as its pool keeps it between exchanges."""
+
+    closed: bool
+
+    def abort(self) -> None: ...
+
+
+class ConnectionPool(Protocol):
+    """What an upstream connection needs of the pool that made it (relay/upstream/pool.py):
+    declared here so that connections and pool do not import each other."""
+
+    @property
+    def url(self) -> str: ...
+    @property
+    def target(self) -> UpstreamTarget: ...
+    def release(self, connection: PooledConnection) -> None: ...
+    def forget(self, connection: object) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RequestHead:
+    """A client request as the core sees it: HTTP-version-neutral, names lower-case."""
+
+    method: bytes
+    target: bytes
+    headers: Headers
+    client_ip: str | None
+    #: A request body follows the head (its length may be unknown: chunked, HTTP/2).
+    has_body: bool = False
+    #: The client's HTTP version ("1.0", "1.1", "2", "3"), for metrics and the log.
+    http_version: str = "1.1"
+
+
+class ClientSide(Protocol):
+    """What an adapter offers the core for one stream towards the client."""
+
+    def send_head(self, status: int, headers: Headers) -> None: ...
+    def send_body(self, data: bytes) -> None: ...
+    def send_end(self) -> None: ...
+    def abort(self) -> None: ...
+    def pause_request_body(self) -> None: ...
+    def resume_request_body(self) -> None: ...
+
+
+class ResponseSink(Protocol):
+    """Where an upstream exchange delivers what it reads (the core's stream)."""
+
+    def on_response_head(self, status: int, headers: Headers) -> None: ...
+    def on_response_body(self, data: bytes) -> None: ...
+    def on_response_end(self) -> None: ...
+    def on_upstream_failed(self, error: RelayError) -> None: ...
+    def on_upstream_paused(self) -> None: ...
+    def on_upstream_resumed(self) -> None: ...
+
+
+class UpstreamExchange(Protocol):
+    """One request in flight to upstream, as the core drives it."""
+
+    def send_body(self, data: bytes) -> None: ...
+    def send_end(self) -> None: ...
+    def abort(self) -> None: ...
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+
+
+#: Sends a request head upstream (try number `attempt`, from 0) and returns the exchange.
+OpenUpstream = Callable[[RequestHead, ResponseSink, int], Awaitable[UpstreamExchange]]
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSettings:
+    """Per-stream behaviour, fixed for the life of the process."""
+
+    keepalive_interval: float
+    keepalive_frame: bytes
+    read_timeout: float
+    #: A client that takes nothing for this long while bytes wait for it is dropped.
+    send_timeout: float
+    #: A request body that gets no byte for this long before the answer starts: 408.
+    body_timeout: float
+    max_body_bytes: int
+    retry: RetryPolicy
+    body_policy: BodyPolicy

@@ -1,0 +1,65 @@
+"""The streams alive in one relay process: how a new one opens and starts, and the drain.
+
+The one owner of the live-stream set and of the drain state that every adapter and the
+admin listener read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from relay.core.errors import Overloaded, RelayError
+from relay.core.exchange import ClientSide, RequestHead
+from relay.core.request_rules import check_request
+from relay.core.stream import RelayStream
+from relay.ops.metrics import RelayMetrics
+from relay.upstream.routes import UpstreamRoutes
+
+
+class StreamRegistry:
+    """Opens relay streams for the adapters, counts them, and drains them."""
+
+    def __init__(self, routes: UpstreamRoutes, metrics: RelayMetrics, max_streams: int) -> None:
+        self._routes = routes
+        self._metrics = metrics
+        self._max_streams = max_streams
+        self.active: set[RelayStream] = set()
+        self.draining = False
+        #: Called when a drain starts (HTTP/2 connections send GOAWAY).
+        self.on_drain: set[Callable[[], None]] = set()
+
+    def open(self, client: ClientSide, head: RequestHead) -> RelayStream:
+        """A stream for the adapter to keep, its route resolved once; `start` it once the
+        adapter holds it."""
+        route = self._routes.match(head.target)
+        return RelayStream(
+            client, head, route.settings, route.open_upstream, self._metrics, self.active
+        )
+
+    def start(self, stream: RelayStream) -> None:
+        """Relay the stream, or refuse it at once (a request upstream must not get as it
+        is, draining, over the stream limit)."""
+        try:
+            check_request(stream.head)
+        except RelayError as error:
+            stream.refuse(error)
+            return
+        if self.draining:
+            stream.refuse(Overloaded("sse-relay is restarting; retry the request"))
+        elif len(self.active) > self._max_streams:
+            stream.refuse(Overloaded(f"sse-relay is at its limit of {self._max_streams} streams"))
+        else:
+            stream.start()
+
+    async def drain(self, timeout: float) -> None:
+        """Let live streams finish for up to `timeout` s, then end the rest cleanly."""
+        self.draining = True
+        for notify in list(self.on_drain):
+            notify()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.active and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for stream in list(self.active):
+            stream.end_for_drain()

@@ -1,0 +1,183 @@
+"""The state of one relayed exchange, and the record built from it at its end.
+
+`StreamMachine` (relay/core/stream_machine.py) is this plus its transitions; the fields live
+here so that each module reads in one sitting.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from enum import Enum
+
+from relay.core.errors import UpstreamLost
+from relay.core.exchange import RequestHead, StreamSettings
+from relay.core.keepalive import KeepaliveClock
+from relay.core.request_body import RequestBody
+from relay.core.stream_actions import ABORT_UPSTREAM, Action, ArmTimer, Finish
+from relay.core.stream_record import Outcome, StreamRecord
+from relay.sse.scanner import FrameScanner
+
+
+class Upstream(Enum):
+    """Where the current upstream try stands."""
+
+    NONE = "none"  # no try yet, or the last one completed, failed or was aborted
+    OPENING = "opening"  # OpenUpstream was asked for (maybe for later); not open yet
+    OPEN = "open"  # its head went out: body, end and abort go to it
+
+
+class StreamState:
+    """What one exchange knows as it runs, and the record it leaves; `StreamMachine`
+    (relay/core/stream_machine.py) holds the transitions."""
+
+    __slots__ = (
+        "_body",
+        "_body_deadline",
+        "_client_paused",
+        "_client_paused_at",
+        "_clock",
+        "_error_detail",
+        "_finish_pending",
+        "_finished",
+        "_first_try_at",
+        "_head_at",
+        "_head_sent",
+        "_hold_body",
+        "_jitter",
+        "_last_byte",
+        "_longest_silence",
+        "_out",
+        "_refused",
+        "_request_id",
+        "_retries",
+        "_scanner",
+        "_settings",
+        "_sse_compressed",
+        "_started",
+        "_status",
+        "_timer_at",
+        "_tries",
+        "_upstream_error",
+        "bytes_out",
+        "head",
+        "keepalives",
+        "outcome",
+        "upstream",
+    )
+
+    def __init__(
+        self,
+        head: RequestHead,
+        settings: StreamSettings,
+        now: float,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self.head = head
+        self._settings = settings
+        #: Uniform in [0, 1): spreads the retries of many streams failing at once.
+        self._jitter = jitter
+        self._out: list[Action] = []
+        self.upstream = Upstream.NONE
+        self._body = RequestBody(settings.max_body_bytes)
+        # While a request body is incomplete and unanswered: when it times out.
+        self._body_deadline = math.inf
+        # With a body policy the whole body is needed before anything goes upstream.
+        self._hold_body = settings.body_policy.active and head.method == b"POST"
+        self._head_sent = False
+        self._finished = False
+        self._finish_pending = False
+        self._refused: int | None = None
+        self._client_paused = False
+        self._client_paused_at = 0.0
+        self._scanner: FrameScanner | None = None
+        self._sse_compressed = False
+        self._clock: KeepaliveClock | None = None
+        self._timer_at = math.inf
+        self._started = self._last_byte = self._first_try_at = now
+        self._tries = 0
+        self._retries = 0
+        self._head_at: float | None = None
+        self._longest_silence = 0.0
+        self._status: int | None = None
+        self._request_id: str | None = None
+        self._upstream_error: str | None = None
+        self._error_detail: str | None = None
+        #: How the stream ended, once it has.
+        self.outcome: Outcome | None = None
+        #: Upstream response body bytes relayed (keepalives and relay-made bytes excluded).
+        self.bytes_out = 0
+        self.keepalives = 0
+
+    @property
+    def finished(self) -> bool:
+        return self._finished
+
+    def record(self, now: float) -> StreamRecord:
+        """What the stream did, as metrics and the log take it (final once finished)."""
+        silence = None
+        if self._head_at is not None:
+            # The silence still running counts too (a read timeout is all silence), but
+            # not while the client was paused: that silence was our own doing.
+            silence = self._longest_silence
+            if not self._client_paused:
+                silence = max(silence, now - self._last_byte)
+        scanner = self._scanner
+        assert self.outcome is not None
+        return StreamRecord(
+            http_version=self.head.http_version,
+            method=self.head.method.decode(errors="replace"),
+            path=self.head.target.decode(errors="replace"),
+            status=self._status,
+            request_id=self._request_id,
+            outcome=self.outcome,
+            ttfb=None if self._head_at is None else self._head_at - self._first_try_at,
+            duration=now - self._started,
+            longest_silence=silence,
+            keepalives=self.keepalives,
+            bytes_in=self._body.size,
+            bytes_out=self.bytes_out,
+            events=0 if scanner is None else scanner.frames,
+            pings=0 if scanner is None else scanner.pings,
+            retries=self._retries,
+            upstream_error=self._upstream_error,
+            error_detail=self._error_detail,
+            sse_compressed=self._sse_compressed,
+        )
+
+    def _frames(self) -> int:
+        return self._scanner.frames if self._scanner is not None else 0
+
+    def describe(self) -> tuple[str, str]:
+        """Method and target, for log lines."""
+        return self.head.method.decode(errors="replace"), self.head.target.decode(errors="replace")
+
+    # -- what the machine's inputs share: the actions they return ----------------
+
+    def _take(self, now: float) -> list[Action]:
+        """This input's actions; a stream that finished in it ends with `Finish`."""
+        out, self._out = self._out, []
+        if self._finish_pending:
+            self._finish_pending = False
+            out.append(Finish(self.record(now), self._refused))
+        return out
+
+    def _abort_upstream(self) -> None:
+        if self.upstream is not Upstream.NONE:
+            self.upstream = Upstream.NONE
+            self._out.append(ABORT_UPSTREAM)
+
+    def _arm(self, when: float) -> None:
+        when = min(when, self._body_deadline)
+        if when != self._timer_at:
+            self._timer_at = when
+            self._out.append(ArmTimer(when))
+
+    def _lost(self, reason: str, detail: str | None = None) -> UpstreamLost:
+        """The error a started stream ends with; the message says how far it got."""
+        return UpstreamLost(
+            f"upstream connection lost after {self.bytes_out} bytes / "
+            f"{self._frames()} events: {reason}",
+            detail,
+        )

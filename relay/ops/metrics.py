@@ -1,0 +1,207 @@
+"""The relay's Prometheus metrics: the one place anything is counted.
+
+prometheus_client takes a lock on every update, so nothing here runs per chunk: a
+stream adds plain integers on itself and reports once, at its end
+(`stream_finished`); keepalives, refusals and dropped datagrams are rare enough to
+count as they happen. The registry is private (not the library's global one), so
+each relay process, and each test, has its own.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
+
+from relay import __version__
+from relay.core.stream_record import Outcome, StreamRecord
+from relay.sse.scanner import IMPLEMENTATION
+
+# `_created` series double every counter's output and nobody graphs them.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+#: The media type `render` produces.
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+HTTP_VERSIONS = ("1.0", "1.1", "2", "3")
+#: Upstream failure kinds (`RelayError.kind`, plus the ones the stream detects itself).
+UPSTREAM_ERROR_KINDS = (
+    "unavailable",
+    "certificate",
+    "connect_timeout",
+    "read_timeout",
+    "lost",
+    "truncated",
+)
+#: Why the relay closed a client connection it found hostile (HTTP/2).
+HOSTILE_CLOSE_REASONS = ("rapid_reset", "control_flood", "header_timeout")
+_CLIENT_ABORT_KINDS = {Outcome.CLIENT_ABORT: "disconnect", Outcome.CLIENT_STALL: "send_timeout"}
+
+# Buckets in seconds. TTFB: model latency, seconds to a minute. Duration: thinking turns
+# run for minutes. Silence: around the keepalive interval (15 s) and the load-balancer
+# idle timeouts (60-120 s) that keepalives exist to beat.
+_TTFB_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_DURATION_BUCKETS = (0.1, 0.5, 1, 5, 15, 30, 60, 120, 300, 600, 1800)
+_SILENCE_BUCKETS = (0.1, 0.5, 1, 5, 10, 15, 30, 60, 120, 300, 600)
+
+
+class RelayMetrics:
+    """Every metric the relay exports, on a registry of its own."""
+
+    def __init__(self) -> None:
+        self.registry = registry = CollectorRegistry()
+        ProcessCollector(registry=registry)  # CPU, memory, open files: read at scrape
+        info = Gauge(
+            "sse_relay_info", "Version and SSE scanner", ["version", "scanner"], registry=registry
+        )
+        info.labels(__version__, IMPLEMENTATION).set(1)
+        self._active = Gauge(
+            "sse_relay_streams_active", "Streams in progress", ["http_version"], registry=registry
+        )
+        self._streams = Counter(
+            "sse_relay_streams",
+            "Finished streams, by the status sent to the client ('none' if none was) and outcome",
+            ["http_version", "status", "outcome"],
+            registry=registry,
+        )
+        self._bytes_in = Counter(
+            "sse_relay_request_bytes", "Request body bytes received from clients", registry=registry
+        )
+        self._bytes_out = Counter(
+            "sse_relay_response_bytes",
+            "Upstream response body bytes relayed to clients (keepalives excluded)",
+            registry=registry,
+        )
+        self._events = Counter(
+            "sse_relay_events",
+            "SSE frames relayed from upstream, pings included",
+            registry=registry,
+        )
+        self._pings = Counter(
+            "sse_relay_pings", "Upstream `event: ping` frames relayed", registry=registry
+        )
+        self._keepalives = Counter(
+            "sse_relay_keepalives", "Keepalive frames the relay inserted", registry=registry
+        )
+        self._retries = Counter(
+            "sse_relay_upstream_retries", "Upstream tries after the first", registry=registry
+        )
+        self._upstream_errors = Counter(
+            "sse_relay_upstream_errors",
+            "Streams upstream failed (after any retries), by kind",
+            ["kind"],
+            registry=registry,
+        )
+        self._client_aborts = Counter(
+            "sse_relay_client_aborts",
+            "Streams the client ended early: disconnect (close or reset) or send_timeout",
+            ["kind"],
+            registry=registry,
+        )
+        self._refused = Counter(
+            "sse_relay_refused",
+            "Requests and connections the relay answered itself (limits, policy, overload)",
+            ["status"],
+            registry=registry,
+        )
+        self._hostile = Counter(
+            "sse_relay_connections_closed",
+            "Client connections the relay closed as hostile: rapid_reset, control_flood "
+            "(PING/SETTINGS), header_timeout (a stalled HTTP/2 header block)",
+            ["reason"],
+            registry=registry,
+        )
+        self._sse_compressed = Counter(
+            "sse_relay_sse_compressed",
+            "SSE responses that arrived content-encoded and so took no keepalives",
+            registry=registry,
+        )
+        self._quic_dropped = Counter(
+            "sse_relay_quic_dropped",
+            "UDP datagrams on the HTTP/3 port that belonged to no QUIC connection",
+            registry=registry,
+        )
+        self._ttfb = Histogram(
+            "sse_relay_upstream_ttfb_seconds",
+            "First upstream try started -> response head relayed",
+            buckets=_TTFB_BUCKETS,
+            registry=registry,
+        )
+        self._duration = Histogram(
+            "sse_relay_stream_duration_seconds",
+            "Stream opened -> finished, every stream",
+            buckets=_DURATION_BUCKETS,
+            registry=registry,
+        )
+        self._silence = Histogram(
+            "sse_relay_upstream_longest_silence_seconds",
+            "Per stream with a response head: the longest time upstream sent nothing",
+            buckets=_SILENCE_BUCKETS,
+            registry=registry,
+        )
+        # Series that exist from the start read 0 instead of being absent.
+        for version in HTTP_VERSIONS:
+            self._active.labels(version)
+        for kind in UPSTREAM_ERROR_KINDS:
+            self._upstream_errors.labels(kind)
+        for kind in _CLIENT_ABORT_KINDS.values():
+            self._client_aborts.labels(kind)
+        for reason in HOSTILE_CLOSE_REASONS:
+            self._hostile.labels(reason)
+
+    def stream_started(self, http_version: str) -> None:
+        self._active.labels(http_version).inc()
+
+    def stream_finished(self, record: StreamRecord) -> None:
+        """Everything a stream contributes, in one go at its end."""
+        version = record.http_version
+        self._active.labels(version).dec()
+        status = "none" if record.status is None else str(record.status)
+        self._streams.labels(version, status, record.outcome.value).inc()
+        self._bytes_in.inc(record.bytes_in)
+        if record.sse_compressed:
+            self._sse_compressed.inc()
+        self._bytes_out.inc(record.bytes_out)
+        if record.events:
+            self._events.inc(record.events)
+            self._pings.inc(record.pings)
+        if record.retries:
+            self._retries.inc(record.retries)
+        if record.upstream_error is not None:
+            self._upstream_errors.labels(record.upstream_error).inc()
+        abort = _CLIENT_ABORT_KINDS.get(record.outcome)
+        if abort is not None:
+            self._client_aborts.labels(abort).inc()
+        self._duration.observe(record.duration)
+        if record.ttfb is not None:
+            self._ttfb.observe(record.ttfb)
+        if record.longest_silence is not None:
+            self._silence.observe(record.longest_silence)
+
+    def keepalive(self) -> None:
+        self._keepalives.inc()
+
+    def refused(self, status: int) -> None:
+        self._refused.labels(str(status)).inc()
+
+    def connection_closed(self, reason: str) -> None:
+        """A client connection closed as hostile (`HOSTILE_CLOSE_REASONS`)."""
+        self._hostile.labels(reason).inc()
+
+    def quic_dropped(self) -> None:
+        self._quic_dropped.inc()
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric (`CONTENT_TYPE`)."""
+        return generate_latest(self.registry)
+
+    def value(self, name: str, **labels: str) -> float:
+        """One sample's current value (0 if absent), e.g. `value("sse_relay_keepalives_total")`."""
+        return self.registry.get_sample_value(name, labels) or 0.0

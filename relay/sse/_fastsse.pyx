@@ -1,0 +1,176 @@
+# cython: language_level=3, auto_pickle=False, autotestdict=False
+"""Cython twin of `relay.sse.scanner_pure.FrameScanner`: same state machine, C loop.
+
+Keep the two in step; tests/test_scanner.py checks they agree. `feed` allocates
+nothing for `bytes` or `bytearray` input: it walks the object's buffer in place.
+"""
+
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from libc.string cimport memcmp
+
+cdef enum:
+    # Line states.
+    START = 0  # at a line start: nothing of the current line seen yet
+    OTHER = 1  # inside a line that can teach nothing more (comment, data, long value, ...)
+    HEAD = 2  # inside a field line starting with `e`: maybe `event`, head being kept
+    PARTIAL_BOM = 3  # inside what may still become the stream's BOM
+
+cdef enum:
+    # Event names of the current frame that the relay cares about.
+    NO_EVENT = 0
+    PING = 1
+    MESSAGE_START = 2
+    MESSAGE_STOP = 3
+    ERROR = 4
+
+cdef enum:
+    BOM_DONE = 3  # `_bom` value once the stream start (where a BOM may sit) is behind us
+
+cdef const unsigned char* BOM = b"\xef\xbb\xbf"
+
+
+cdef inline int event_of(const unsigned char* head, Py_ssize_t n, int current) noexcept:
+    """The frame's event after field line `head` (current if it is no `event` field)."""
+    if n < 5 or memcmp(head, b"event", 5) != 0:
+        return current
+    if n == 5:
+        return NO_EVENT
+    if head[5] != b":":
+        return current
+    cdef Py_ssize_t start = 7 if n > 6 and head[6] == b" " else 6
+    cdef const unsigned char* value = head + start
+    n -= start
+    if n == 4 and memcmp(value, b"ping", 4) == 0:
+        return PING
+    if n == 13 and memcmp(value, b"message_start", 13) == 0:
+        return MESSAGE_START
+    if n == 12 and memcmp(value, b"message_stop", 12) == 0:
+        return MESSAGE_STOP
+    if n == 5 and memcmp(value, b"error", 5) == 0:
+        return ERROR
+    return NO_EVENT
+
+
+cdef class FrameScanner:
+    """Follows an SSE byte stream chunk by chunk and tells where a frame may be inserted.
+
+    Implements WHATWG event-stream line and frame rules: `\\n`, `\\r\\n` or `\\r` line
+    endings (a `\\r\\n` may be split across chunks), a leading BOM, comments, and frames
+    dispatched by an empty line when they hold at least one field line.
+    """
+
+    # Its fields and C methods are declared in _fastsse.pxd.
+
+    def __cinit__(self):
+        self._state = START
+        self._bom = 0
+        self._event = NO_EVENT
+
+    @property
+    def at_boundary(self):
+        """A whole frame inserted here changes nothing any SSE parser sees."""
+        return self._state == START and not self._has_field
+
+    @property
+    def at_line_start(self):
+        """No partial line is pending."""
+        return self._state == START
+
+    def feed(self, data):
+        """Account for the next chunk of the stream."""
+        cdef object buf = data
+        cdef const unsigned char* p
+        cdef Py_ssize_t n
+        # h11 hands over bytearrays: read both kinds in place, copy only other buffers.
+        if type(buf) is bytes:
+            p = <const unsigned char*>PyBytes_AS_STRING(buf)
+            n = PyBytes_GET_SIZE(buf)
+        else:
+            if type(buf) is not bytearray:
+                buf = bytes(memoryview(buf))
+                p = <const unsigned char*>PyBytes_AS_STRING(buf)
+                n = PyBytes_GET_SIZE(buf)
+            else:
+                p = <const unsigned char*>PyByteArray_AS_STRING(buf)
+                n = PyByteArray_GET_SIZE(buf)
+        cdef Py_ssize_t i = 0
+        cdef unsigned char c
+        if self._bom != BOM_DONE:
+            i = self._skip_bom(p, n)
+        cdef int state = self._state
+        cdef bint after_cr = self._after_cr
+        cdef bint has_field = self._has_field
+        cdef int event = self._event
+        cdef Py_ssize_t head_len = self._head_len
+        while i < n:
+            c = p[i]
+            if c == b"\n" or c == b"\r":
+                i += 1
+                if c == b"\n" and after_cr:
+                    after_cr = False
+                    continue
+                after_cr = c == b"\r"
+                if state == START:
+                    if has_field:
+                        self._dispatch(event)
+                        has_field = False
+                    event = NO_EVENT
+                elif state == HEAD:
+                    event = event_of(self._head, head_len, event)
+                state = START
+                continue
+            after_cr = False
+            if state == START:
+                if c == b":":
+                    state = OTHER
+                else:
+                    has_field = True
+                    state = HEAD if c == b"e" else OTHER
+                    head_len = 0
+            if state == HEAD:
+                if head_len < HEAD_MAX:
+                    self._head[head_len] = c
+                    head_len += 1
+                    i += 1
+                    continue
+                # Too long to name a recognised event, yet it replaces the name.
+                if memcmp(self._head, b"event:", 6) == 0:
+                    event = NO_EVENT
+                state = OTHER
+            # OTHER: nothing to learn until the line ends.
+            i += 1
+            while i < n and p[i] != b"\n" and p[i] != b"\r":
+                i += 1
+        self._state = state
+        self._after_cr = after_cr
+        self._has_field = has_field
+        self._event = event
+        self._head_len = head_len
+
+    cdef Py_ssize_t _skip_bom(self, const unsigned char* p, Py_ssize_t n) noexcept:
+        """Consume what belongs to a leading BOM; return where line content starts."""
+        cdef Py_ssize_t i = 0
+        while self._bom < 3 and i < n:
+            if p[i] != BOM[self._bom]:
+                if self._bom:  # a partial BOM is just the start of a (field) line
+                    self._state = OTHER
+                    self._has_field = True
+                self._bom = BOM_DONE
+                return i
+            self._bom += 1
+            i += 1
+        if self._bom:
+            self._state = START if self._bom == 3 else PARTIAL_BOM
+        return i
+
+    cdef void _dispatch(self, int event) noexcept:
+        self.frames += 1
+        if event == PING:
+            self.pings += 1
+        elif event == MESSAGE_START:
+            self.saw_message_start = True
+        elif event == MESSAGE_STOP:
+            self.saw_message_stop = True
+        elif event == ERROR:
+            self.saw_error = True

@@ -1,0 +1,249 @@
+"""The simulated Messages API over HTTP/2 (h2c by prior knowledge, or TLS with ALPN h2).
+
+Each stream is a `sim_script.Sink`, so every script plays as over HTTP/1.1, except that
+a failure is the stream's own: `drop_after`, `truncate_after` and `drop_before_head`
+reset that stream (INTERNAL_ERROR) and leave the connection to the others. `goaway`
+shuts a connection down gracefully: streams whose response has begun run to their end,
+later ones are refused, and the connection closes with its last stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import time
+from collections import deque
+from typing import TYPE_CHECKING, cast
+
+import h2.config
+import h2.events
+import h2.exceptions
+import h2.settings
+from h2.errors import ErrorCodes
+
+from relay.edge.h2_endpoint import GracefulH2Connection, H2Endpoint, SendQueue, send_queued
+from relay_sim.script import RecordedRequest, play
+
+if TYPE_CHECKING:
+    from relay_sim.sim import SimState
+
+_Headers = list[tuple[bytes, bytes]]
+
+
+class _Stream:
+    """One request as it arrives, and the `Sink` its response is played on."""
+
+    def __init__(self, owner: Http2Connection, stream_id: int, block: _Headers) -> None:
+        self._owner = owner
+        self.id = stream_id
+        self.method = self.target = ""
+        self.headers: _Headers = []
+        for name, value in block:
+            if name == b":method":
+                self.method = value.decode()
+            elif name == b":path":
+                self.target = value.decode()
+            elif name == b":authority":
+                self.headers.insert(0, (b"host", value))  # where HTTP/1.1 carries it
+            elif not name.startswith(b":"):
+                self.headers.append((name, value))
+        self.body = bytearray()
+        self.responder: asyncio.Task[None] | None = None
+        self._pending: SendQueue = deque()
+        self._ending = False
+        self._drained = asyncio.Event()
+        self._drained.set()
+
+    # Sink
+
+    def send_head(self, status: int, headers: list[tuple[str, str]]) -> None:
+        self._owner.started(self.id)
+        block = [(b":status", str(status).encode())]
+        block += [(name.encode(), value.encode()) for name, value in headers]
+        self._owner.conn.send_headers(self.id, block)
+        self._owner.schedule_flush()
+
+    def write(self, data: bytes) -> None:
+        if data:
+            self._pending.append(data)
+            self.push()
+
+    def write_truncated(self, data: bytes) -> None:
+        self.write(data[: len(data) // 2])
+        self.abort()
+
+    async def drain(self) -> None:
+        await self._drained.wait()
+
+    def end(self) -> None:
+        self._ending = True
+        self.push()
+
+    def abort(self) -> None:
+        self._owner.reset(self.id, ErrorCodes.INTERNAL_ERROR)
+
+    # Flow control
+
+    def push(self) -> None:
+        owner = self._owner
+        if owner.stream(self.id) is not self:
+            return
+        send_queued(owner.conn, self.id, self._pending)
+        if not self._pending and self._ending:
+            owner.conn.end_stream(self.id)
+            owner.finished(self.id)
+        owner.schedule_flush()
+        if self._pending or owner.write_paused:
+            self._drained.clear()
+        else:
+            self._drained.set()
+
+
+class Http2Connection(H2Endpoint):
+    """One HTTP/2 connection of the sim, answering each stream with the script."""
+
+    def __init__(self, state: SimState, number: int) -> None:
+        self._state = state
+        self._number = number
+        config = h2.config.H2Configuration(client_side=False, header_encoding=None)
+        super().__init__(GracefulH2Connection(config))
+        self._streams: dict[int, _Stream] = {}
+        self._last_started = 0
+        self._goaway_last: int | None = None  # our GOAWAY's last stream id, once sent
+        self._closed_by_us = False
+        self._peer_left_at: float | None = None
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+        self._state.live.add(self)
+        limit = {h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self._state.h2_max_streams}
+        self.conn.local_settings = h2.settings.Settings(client=False, initial_values=limit)
+        self.conn.initiate_connection()
+        self.flush()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.conn.receive_data(data)
+        except h2.exceptions.ProtocolError:
+            self._close()  # after h2's GOAWAY naming the error
+            return
+        for event in events:
+            self._dispatch(event)
+        self.flush()
+
+    def eof_received(self) -> bool:
+        self._peer_left_at = time.monotonic()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        answering = [s for s in self._streams.values() if s.responder is not None]
+        noticed = self._peer_left_at or time.monotonic()
+        self._state.record_close(noticed, bool(answering) and not self._closed_by_us, self._number)
+        self._state.live.discard(self)
+        for stream in answering:
+            cast(asyncio.Task[None], stream.responder).cancel()
+        self._streams.clear()
+
+    def write_pause_changed(self) -> None:
+        self._push_all()
+
+    # For SimState and the streams
+
+    def goaway(self) -> None:
+        """GOAWAY naming the last stream whose response has begun; later ones are refused."""
+        self._goaway_last = self._last_started
+        self.conn.close_connection(last_stream_id=self._last_started)
+        for stream_id in [i for i in self._streams if i > self._last_started]:
+            self.reset(stream_id, ErrorCodes.REFUSED_STREAM)
+        self.flush()
+        self._close_when_done()
+
+    def abort(self) -> None:
+        self._closed_by_us = True
+        if self._transport is not None:
+            self._transport.abort()
+
+    def stream(self, stream_id: int) -> _Stream | None:
+        return self._streams.get(stream_id)
+
+    def started(self, stream_id: int) -> None:
+        self._last_started = max(self._last_started, stream_id)
+
+    def finished(self, stream_id: int) -> None:
+        self._streams.pop(stream_id, None)
+        self._close_when_done()
+
+    def reset(self, stream_id: int, code: ErrorCodes) -> None:
+        stream = self._streams.pop(stream_id, None)
+        if stream is not None and stream.responder is not None:
+            stream.responder.cancel()
+        with contextlib.suppress(h2.exceptions.StreamClosedError):
+            self.conn.reset_stream(stream_id, code)
+        self.schedule_flush()
+        self._close_when_done()
+
+    # Events
+
+    def _dispatch(self, event: h2.events.Event) -> None:
+        if isinstance(event, h2.events.RequestReceived):
+            if self._goaway_last is not None and event.stream_id > self._goaway_last:
+                self.reset(event.stream_id, ErrorCodes.REFUSED_STREAM)
+            else:
+                self._streams[event.stream_id] = _Stream(self, event.stream_id, event.headers)
+        elif isinstance(event, h2.events.DataReceived):
+            self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            if (stream := self._streams.get(event.stream_id)) is not None:
+                stream.body += event.data
+        elif isinstance(event, h2.events.StreamEnded):
+            stream = self._streams.get(event.stream_id)
+            if stream is not None and stream.responder is None:
+                self._answer(stream)
+        elif isinstance(event, h2.events.StreamReset):
+            stream = self._streams.pop(event.stream_id, None)
+            if stream is not None and stream.responder is not None:
+                # The client gave up on a response in progress: as a close is on HTTP/1.1.
+                code = int(event.error_code)
+                self._state.record_close(time.monotonic(), True, self._number, code)
+                stream.responder.cancel()
+            self._close_when_done()
+        elif isinstance(event, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):
+            self._push_all()
+        elif isinstance(event, h2.events.ConnectionTerminated):
+            self._close()
+
+    def _answer(self, stream: _Stream) -> None:
+        recorded = RecordedRequest(
+            method=stream.method,
+            target=stream.target,
+            headers=stream.headers,
+            body=bytes(stream.body),
+            http_version="2",
+        )
+        self._state.requests.append(recorded)
+        request_id = self._state.next_request_id()
+        coroutine = play(recorded, self._state.script, request_id, stream)
+        stream.responder = asyncio.get_running_loop().create_task(coroutine)
+        stream.responder.add_done_callback(functools.partial(self._answered, stream.id))
+
+    def _answered(self, stream_id: int, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            message = "sse-relay sim: response failed"
+            task.get_loop().call_exception_handler({"message": message, "exception": exc})
+            self.reset(stream_id, ErrorCodes.INTERNAL_ERROR)
+
+    def _push_all(self) -> None:
+        for stream in list(self._streams.values()):
+            stream.push()
+
+    def _close_when_done(self) -> None:
+        if self._goaway_last is not None and not self._streams:
+            self._close()
+
+    def _close(self) -> None:
+        self._closed_by_us = True
+        self.flush()
+        if self._transport is not None:
+            self._transport.close()
