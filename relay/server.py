@@ -12,7 +12,7 @@ import ssl
 from relay import __version__
 from relay.access_log import configure_logging
 from relay.admin_server import serve_admin
-from relay.config import RelayConfig, format_listen
+from relay.config import ConfigError, RelayConfig, format_listen
 from relay.h3_server import serve_h3
 from relay.listener import FirstBytesProtocol
 from relay.quic_listener import QuicListener
@@ -33,7 +33,10 @@ _ALT_SVC_MAX_AGE = 86400
 def server_tls_context(cert: str, key: str) -> ssl.SSLContext:
     """TLS for clients: HTTP/2 preferred, HTTP/1.1 offered, by ALPN."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert, key)
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"--tls-cert/--tls-key: {cert} and {key} do not load: {exc}") from None
     context.set_alpn_protocols(["h2", "http/1.1"])
     return context
 
