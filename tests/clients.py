@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anthropic
@@ -31,6 +32,9 @@ MESSAGE_PARAMS: dict[str, Any] = {
 }
 # The request body of a streaming Messages call, as the SDK would send it.
 STREAM_BODY = json.dumps({**MESSAGE_PARAMS, "stream": True}).encode()
+#: Unsent bytes that prove a writer is stalled: far past what a reader that keeps up
+#: leaves queued on loopback, well under the kernel's 4 MiB send buffer.
+STALLED_BYTES = 1 << 20
 
 
 def script(**fields: Any) -> dict[str, str]:
@@ -118,6 +122,22 @@ def sigterm_during_streams(
     for client in clients:
         client.join(10)
     return code, results
+
+
+def unsent_bytes(local_port: int, remote_port: int | None = None) -> int:
+    """Bytes written on established TCP connections from `local_port` (to
+    `remote_port`) that the peer's kernel has not taken yet, from /proc/net/tcp: they
+    pile up only behind a reader that stopped reading, whichever process writes."""
+    total = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local, remote, state, queues = fields[1], fields[2], fields[3], fields[4]
+            if state != "01" or int(local.rsplit(":", 1)[1], 16) != local_port:
+                continue
+            if remote_port is None or int(remote.rsplit(":", 1)[1], 16) == remote_port:
+                total += int(queues.split(":")[0], 16)  # tx_queue: written, not acked
+    return total
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 5.0) -> None:

@@ -8,7 +8,19 @@ from pathlib import Path
 import pytest
 import trustme
 
+from tests.relayproc import RelayProcess
 from tests.simserver import SimServer
+
+
+@pytest.fixture(autouse=True)
+def relay_log_stays_clean() -> Iterator[None]:
+    """Fails the test during which a relay it did not start (a module fixture's) logged
+    a traceback or an undeclared error: that relay is only stopped, and checked, after
+    the module's last test, which would otherwise take the blame."""
+    running = RelayProcess.running()
+    yield
+    for relay in running:
+        relay.check_log()
 
 
 @pytest.fixture(scope="module")

@@ -44,6 +44,12 @@ class RawH2Client:
         self.withhold: set[int] = set()
         self._send()
 
+    @property
+    def local_port(self) -> int:
+        """This client's end of the TCP connection, as the relay sees its peer."""
+        port: int = self.sock.getsockname()[1]
+        return port
+
     def stream(
         self,
         script: dict[str, object] | None = None,

@@ -1,4 +1,5 @@
-"""The benchmark's own parts, fast: percentile math, stamp timing, the emitter's SSE.
+"""The benchmark's own parts, fast: percentile math, stamp timing, the emitter's SSE,
+and the met/missed verdicts of the report's targets.
 
 No timings are asserted; `make bench` measures, this only checks the measuring tools.
 """
@@ -24,6 +25,7 @@ from bench.collector import RunTally, StreamTally
 from bench.perf_samples import parse_perf_script
 from bench.proc_stats import cores_busy_seconds, user_system_seconds
 from bench.records import floor_spread_ms, merge_rounds, user_kernel_us
+from bench.report import RELAY, Record, targets
 from bench.stats import percentile, summarize_ns
 from tests.relayproc import REPO
 
@@ -167,3 +169,135 @@ def test_process_and_core_cpu_accounting_sees_a_busy_loop() -> None:
     # Ticks are 10 ms: a 0.3 s spin shows as at least 0.2 s, wherever it ran.
     assert (user_after - user_before) + (system_after - system_before) >= 0.2
     assert cores_busy_seconds(core) - busy_before >= 0.2
+
+
+def _latency(contender: str, p99: float, streams: int = 100, rate: float = 10.0) -> Record:
+    """A latency record as the load generator writes one (only what `targets` reads)."""
+    return {
+        "contender": contender,
+        "streams": streams,
+        "rate_per_stream": rate,
+        "latency_ms": {"count": 1000, "p50": p99 / 2, "p99": p99, "p99.9": p99 + 1},
+    }
+
+
+def _with_rounds(record: Record, p99s: list[float]) -> Record:
+    """`record` as merged from rounds whose p99s were `p99s`."""
+    return record | {"rounds": [{"latency_ms": {"p99": p99}} for p99 in p99s]}
+
+
+def _verdicts(results: dict[str, Any]) -> dict[str, tuple[bool | None, str]]:
+    """Each target of the run, by name: (met, what was measured)."""
+    return {t["target"]: (t["met"], t["measured"]) for t in targets(results)}
+
+
+def _added_p99(results: dict[str, Any]) -> bool | None:
+    (met,) = [t["met"] for t in targets(results) if t["target"].startswith("added p99")]
+    return met
+
+
+def test_latency_target_is_half_again_nginx_added_p99_at_the_heaviest_load() -> None:
+    direct, nginx = _latency("direct", 5.0), _latency("nginx", 7.0)  # nginx adds 2 ms
+    # A lighter load, where the relay looks awful, is not the one judged.
+    light = [_latency(k, p99, streams=10) for k, p99 in [("direct", 1), ("nginx", 1), (RELAY, 9)]]
+    met = {"latency": [*light, direct, nginx, _latency(RELAY, 7.9)]}  # adds 2.9 <= 3
+    missed = {"latency": [*light, direct, nginx, _latency(RELAY, 8.2)]}  # adds 3.2 > 3
+    assert _added_p99(met) is True
+    assert _added_p99(missed) is False
+    # Without nginx (or direct) at that load there is nothing to judge by.
+    assert targets({"latency": [direct, _latency(RELAY, 7.0)]}) == []
+
+
+def test_an_added_p99_within_directs_own_spread_meets_the_latency_target() -> None:
+    # nginx adds nothing measurable; the relay adds 1 ms.
+    nginx, relay = _latency("nginx", 5.05), _latency(RELAY, 6.0)
+    # Direct's p99 moved 1 ms between rounds: 1 ms added cannot be told from zero.
+    noisy = _with_rounds(_latency("direct", 5.0), [4.5, 5.5, 5.0])
+    assert _added_p99({"latency": [noisy, nginx, relay]}) is True
+    # Steady direct (0.1 ms between rounds, or one round): the floor is 0.1 ms, 1.5x
+    # that is 0.15 ms, and 1 ms added is a miss.
+    steady = _with_rounds(_latency("direct", 5.0), [4.95, 5.05])
+    assert _added_p99({"latency": [steady, nginx, relay]}) is False
+    assert _added_p99({"latency": [_latency("direct", 5.0), nginx, relay]}) is False
+    measured = next(t["measured"] for t in targets({"latency": [noisy, nginx, relay]}))
+    assert "direct's own p99 moved 1.00 ms between rounds" in measured
+
+
+def _cost(contender: str, cpu: float, rate: float = 1000.0, **fields: float) -> Record:
+    """A paced cost record: `cpu` CPU-seconds per million events at `rate` events/s."""
+    record: Record = {"contender": contender, "streams": 100, "offered_rate": rate}
+    return record | {"cpu_s_per_mevent": cpu, **fields}
+
+
+NGINX_TARGET = "throughput per core ≥ 0.7x nginx (1 worker)"
+NAIVE_TARGET = "throughput per core ≥ 5x naive aiohttp relay"
+
+
+def test_throughput_targets_compare_events_per_cpu_second_at_the_lowest_rate() -> None:
+    nginx, naive = _cost("nginx", 14.0), _cost("naive", 100.0)
+    # The lowest rate is the reference; the relay's costlier step above it is not judged.
+    steps = [_cost(RELAY, 40.0, rate=8000.0)]
+    # 19.9 s per million events: 50.3k events/CPU-s; nginx's 71.4k (x0.70), naive's
+    # 10k (x5.03). Just over both bars; 20.5 s (48.8k) is just under both.
+    met = _verdicts({"cost": [*steps, _cost(RELAY, 19.9), nginx, naive]})
+    assert met[NGINX_TARGET][0] is True and met[NAIVE_TARGET][0] is True
+    assert "(x0.70)" in met[NGINX_TARGET][1] and "(x5.0" in met[NAIVE_TARGET][1]
+    missed = _verdicts({"cost": [*steps, _cost(RELAY, 20.5), nginx, naive]})
+    assert missed[NGINX_TARGET][0] is False and missed[NAIVE_TARGET][0] is False
+    # No naive run: not measured, not missed.
+    alone = _verdicts({"cost": [_cost(RELAY, 20.0), nginx]})
+    assert alone[NAIVE_TARGET] == (None, "not measured") and alone[NGINX_TARGET][0] is True
+
+
+def test_a_missed_throughput_target_says_when_kernel_time_alone_puts_it_out_of_reach() -> None:
+    nginx = _cost("nginx", 10.0)  # 100k events/CPU-s
+    # 16 µs/event in the kernel: even with no user time the relay would do 62.5k (x0.62).
+    capped = _verdicts({"cost": [_cost(RELAY, 20.0, kernel_share=0.8), nginx]})[NGINX_TARGET]
+    assert capped[0] is False and "out of reach" in capped[1] and "x0.62" in capped[1]
+    # 6 µs/event in the kernel leaves room: a plain miss.
+    plain = _verdicts({"cost": [_cost(RELAY, 20.0, kernel_share=0.3), nginx]})[NGINX_TARGET]
+    assert plain[0] is False and "out of reach" not in plain[1]
+
+
+def _idle(late_p99: float, rss_per_stream: float) -> Record:
+    return {
+        "contender": RELAY,
+        "streams": 10_000,
+        "keepalive_lateness_ms": {"count": 100, "p50": 1.0, "p99": late_p99},
+        "rss_kib_per_stream": rss_per_stream,
+    }
+
+
+def test_idle_targets_keepalive_lateness_and_memory_per_stream() -> None:
+    late, rss = (
+        "10000 idle streams: keepalives ≤ 10% late at p99",
+        "10000 idle streams: RSS ≤ 25 KiB per stream",
+    )
+    assert _verdicts({"idle": [_idle(100.0, 25.0)]}) == {
+        late: (True, "100.0 ms late"),
+        rss: (True, "25.0 KiB"),
+    }
+    assert _verdicts({"idle": [_idle(100.5, 25.1)]}) == {
+        late: (False, "100.5 ms late"),
+        rss: (False, "25.1 KiB"),
+    }
+
+
+def _scanner(scanner: str, mb_per_s: float | None, chunk_bytes: int = 100) -> Record:
+    return {"scanner": scanner, "chunk_bytes": chunk_bytes, "mb_per_s": mb_per_s}
+
+
+def test_scanner_target_is_ten_times_pure_python_at_100_byte_chunks() -> None:
+    def verdict(*records: Record) -> list[tuple[bool | None, str]]:
+        return [(t["met"], t["measured"]) for t in targets({"scanner": list(records)})]
+
+    # Other chunk sizes do not count.
+    others = [_scanner("cython", 1.0, chunk_bytes=4096), _scanner("python", 100.0, 4096)]
+    assert verdict(*others, _scanner("cython", 1000.0), _scanner("python", 100.0)) == [
+        (True, "x10.0")
+    ]
+    assert verdict(*others, _scanner("cython", 990.0), _scanner("python", 100.0)) == [
+        (False, "x9.9")
+    ]
+    assert verdict(_scanner("python", 100.0)) == [(False, "extension missing")]
+    assert verdict(_scanner("cython", 1000.0)) == []  # no pure-Python figure: no target

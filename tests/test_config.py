@@ -179,6 +179,15 @@ def test_route_keepalive_must_stay_under_the_quic_idle_timeout(tmp_path: Path) -
         _load(["--config", str(path), *tls])
 
 
+def test_an_unreadable_certificate_is_a_configuration_error(tmp_path: Path) -> None:
+    """Found when the configuration loads (exit 2, naming the flag), not as a traceback
+    from a listener that cannot start."""
+    with pytest.raises(ConfigError, match=r"^--tls-cert: cannot read"):
+        _load(["--tls-cert", str(tmp_path / "missing.pem"), "--tls-key", str(tmp_path)])
+    done = run_cli(["--tls-cert", str(tmp_path / "missing.pem"), "--tls-key", "k.pem"])
+    assert done.returncode == 2 and "sse-relay: error: --tls-cert: cannot read" in done.stderr
+
+
 def test_bad_file_exits_2_naming_the_field(tmp_path: Path) -> None:
     path = tmp_path / "bad.toml"
     path.write_text('[[route]]\nprefix = "/a"\n[[route]]\nprefix = "/b"\nkeepalive-interval = -2')

@@ -19,6 +19,7 @@ from relay_sim.script import SimScript
 from tests.clients import (
     KEEPALIVE,
     MESSAGE_PARAMS,
+    STALLED_BYTES,
     closed_port,
     raw_http,
     raw_stream,
@@ -26,6 +27,8 @@ from tests.clients import (
     sdk_stream,
     sigterm_during_streams,
     single_error_frame,
+    unsent_bytes,
+    wait_for,
 )
 from tests.relayproc import RelayProcess
 from tests.simserver import SimServer
@@ -125,10 +128,14 @@ def test_upstream_silence_past_read_timeout_ends_with_error_after_keepalives(
     assert "upstream sent nothing for 0.6 s" in error["error"]["message"]
 
 
-def test_read_timeout_before_the_head_is_a_504(relay: RelayProcess) -> None:
+def test_read_timeout_before_the_head_is_a_504(sim: SimServer, relay: RelayProcess) -> None:
+    before = len(sim.requests)
     status, headers, body = raw_stream(relay.url, headers=script(headers_delay=3.0))
     assert status == 504 and json.loads(body)["error"]["type"] == "timeout_error"
     assert headers["request-id"].startswith("req_relay_")
+    # Not retried: upstream may still be working on it (a retry would run it twice).
+    # Retries come before the answer, so the count is final once we have the 504.
+    assert len(sim.requests) - before == 1
 
 
 def test_upstream_error_frames_pass_verbatim_without_a_second_one(
@@ -222,7 +229,10 @@ def test_deny_param_reject_answers_400_and_forwards_nothing(sim: SimServer) -> N
     with RelayProcess(sim.url, "--deny-param", "fallbacks", "--on-deny", "reject") as relay:
         before = len(sim.requests)
         status, headers, data = raw_stream(relay.url, body=body.encode())
-        time.sleep(0.2)
+        # The access-log line of the refusal is written as its stream ends: by then
+        # anything sent upstream for it would have been.
+        request_id = headers["request-id"].encode()
+        wait_for(lambda: request_id in relay.stderr_text)
         assert len(sim.requests) == before
     error = json.loads(data)
     assert status == 400 and error["error"]["type"] == "invalid_request_error"
@@ -361,9 +371,11 @@ def test_httpx2_sees_a_clean_end_not_a_transport_error(relay: RelayProcess) -> N
 
 
 class AnswersBeforeTheBody:
-    """An upstream that reads only the request head, waits, then answers 413 and stops."""
+    """An upstream that reads only the request head, waits until the relay is stalled
+    sending it the body, then answers 413 and stops."""
 
     def __init__(self) -> None:
+        self._closed = threading.Event()
         self._server = socket.socket()
         # A small receive window (accepted sockets inherit it), so the relay's send
         # buffer fills and it pauses reading the client, as a busy upstream makes it do.
@@ -384,15 +396,20 @@ class AnswersBeforeTheBody:
             head = b""
             while b"\r\n\r\n" not in head:
                 head += conn.recv(1)
-            time.sleep(0.7)  # meanwhile the relay's buffer towards us fills and pauses
+            if head.startswith(b"POST "):
+                # Meanwhile the relay's buffer towards us fills, and it pauses reading
+                # the client: once its socket holds this much, its own buffer is next.
+                relay_port, port = conn.getpeername()[1], conn.getsockname()[1]
+                wait_for(lambda: unsent_bytes(relay_port, port) >= STALLED_BYTES, timeout=15)
             conn.sendall(
                 b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 2\r\n"
                 b"connection: close\r\n\r\nno"
             )
             conn.shutdown(socket.SHUT_WR)
-            time.sleep(30)  # never reading the rest of the body
+            self._closed.wait(30)  # never reading the rest of the body
 
     def close(self) -> None:
+        self._closed.set()
         self._server.close()
 
 

@@ -21,11 +21,14 @@ from relay_sim.sim import CloseRecord
 from tests.clients import (
     KEEPALIVE,
     MESSAGE_PARAMS,
+    STALLED_BYTES,
     STREAM_BODY,
     raw_stream,
     script,
     sdk_stream,
     single_error_frame,
+    unsent_bytes,
+    wait_for,
 )
 from tests.h2client import RawH2Client
 from tests.relayproc import RelayProcess
@@ -117,16 +120,23 @@ def test_a_shut_window_pauses_only_its_own_stream(sim: SimServer, relay: RelayPr
         # A heavy neighbour while the client stops reading fills the relay's socket
         # buffer: the pause and resume of the whole connection must not reopen `stuck`.
         heavy = client.stream({"bulk_bytes": 2 * window})
-        time.sleep(0.5)
+        wait_for(lambda: unsent_bytes(relay.port, client.local_port) >= STALLED_BYTES, timeout=15)
         client.pump_until(lambda: all(s in client.ended for s in [*others, heavy]))
-        time.sleep(0.5)
-        grown = relay.rss_kib() - baseline
+        # Answered after all the relay had queued on this connection since it resumed:
+        # whatever the resume did to `stuck` has reached us by now.
+        probe = client.stream()
+        client.pump_until(lambda: probe in client.ended)
+        # Still shut: the relay is not reading `stuck`'s upstream either (the sim's
+        # connections of the other streams are idle or closed).
+        upstream_stalled = unsent_bytes(sim.port)
+        grown = relay.peak_rss_kib() - baseline
     finally:
         client.close()
-    for stream_id in [*others, heavy]:
+    for stream_id in [*others, heavy, probe]:
         assert client.status[stream_id] == 200
         assert b"event: message_stop" in client.data[stream_id]
     assert stuck not in client.ended and len(client.data[stuck]) <= window
+    assert upstream_stalled >= STALLED_BYTES, upstream_stalled
     assert grown < 16 * 1024, grown
 
 
@@ -144,7 +154,8 @@ def test_rst_stream_cancels_only_that_upstream_request(sim: SimServer, relay: Re
             return [c for c in sim.closes[closes_before:] if c.client_aborted_midstream]
 
         sim.wait_for(aborted, timeout=5)
-        assert aborted()[0].time - reset_at < 0.1
+        # Far sooner than the 30 s gap (or the 600 s read timeout) would have ended it.
+        assert aborted()[0].time - reset_at < 1.0
         client.pump_until(lambda: all(s in client.ended for s in keep))
     finally:
         client.close()

@@ -113,7 +113,8 @@ def test_a_cancelled_stream_cancels_only_its_upstream_request(
         return [c for c in sim.closes[since:] if c.client_aborted_midstream]
 
     client, keep, cancelled_at, closes_before = asyncio.run(run())
-    assert _aborted(closes_before)[0].time - cancelled_at < 0.1
+    # Far sooner than the 30 s gap (or the 600 s read timeout) would have ended it.
+    assert _aborted(closes_before)[0].time - cancelled_at < 1.0
     assert all(b"event: message_stop" in client.data[s] for s in keep)
     assert all(client.status[s] == 200 for s in keep)
 
@@ -165,7 +166,7 @@ def test_udp_garbage_during_a_stream_harms_nothing(
     status, relayed = asyncio.run(run())
     assert status == 200
     assert relayed.replace(KEEPALIVE, b"") == direct
-    assert b"Traceback" not in relay.stderr_text
+    relay.check_log()  # no traceback, no error line: garbage is dropped quietly
 
     async def again() -> bytes:
         async with h3_connect(relay.h3_port, str(ca_file)) as client:

@@ -39,11 +39,39 @@ def test_a_timer_firing_a_hair_early_still_counts_as_due() -> None:
     interval=st.floats(0.01, 100),
     gaps=st.lists(st.floats(0, 300), min_size=1, max_size=30),
 )
-def test_never_more_than_one_keepalive_per_interval(interval: float, gaps: list[float]) -> None:
+def test_one_keepalive_per_interval_of_silence_never_more_never_skipped(
+    interval: float, gaps: list[float]
+) -> None:
+    """Woken at any times during a silence, the clock writes when a whole interval has
+    passed since the last keepalive (or the start), and never sooner."""
     clock = KeepaliveClock(now=0.0)
-    now, last_write = 0.0, -interval
+    now, last_write = 0.0, 0.0
     for gap in gaps:
         now += gap
-        if clock.decide(now, last_upstream_byte=0.0, at_boundary=True, interval=interval).write:
+        write = clock.decide(now, last_upstream_byte=0.0, at_boundary=True, interval=interval).write
+        if write:
             assert now - last_write >= interval - 0.001
             last_write = now
+        else:
+            assert now - last_write < interval  # due, and not written: a skipped one
+
+
+@given(
+    interval=st.floats(0.01, 100),
+    lateness=st.lists(st.floats(0, 0.5), min_size=1, max_size=30),
+)
+def test_a_timer_that_follows_next_check_gets_a_keepalive_each_interval(
+    interval: float, lateness: list[float]
+) -> None:
+    """Keepalives arrive at about the interval: the relay's timer wakes at each
+    `next_check` (late by up to half an interval) and writes every time, so the spacing
+    is the interval plus that wake-up's lateness, never less and never a multiple."""
+    clock = KeepaliveClock(now=0.0)
+    wake = clock.decide(0.0, last_upstream_byte=0.0, at_boundary=True, interval=interval).next_check
+    last_write = 0.0
+    for late in lateness:
+        now = wake + late * interval
+        decision = clock.decide(now, last_upstream_byte=0.0, at_boundary=True, interval=interval)
+        assert decision.write
+        assert interval - 0.001 <= now - last_write <= interval * (1 + late) * (1 + 1e-9)
+        wake, last_write = decision.next_check, now

@@ -22,6 +22,7 @@ import pytest
 
 from relay_sim.script import SimScript
 from relay_sim.sim import CloseRecord
+from tests.clients import STALLED_BYTES, unsent_bytes, wait_for
 from tests.h2client import RawH2Client
 from tests.simserver import SimServer
 
@@ -177,11 +178,13 @@ def test_non_streaming_reply_is_the_same_message(sim: SimServer) -> None:
 
 
 def test_gap_is_completely_silent(sim: SimServer) -> None:
-    raw = _raw(sim, headers=_script(gaps=[[2, 0.5]]))
+    # A gap longer than the 1 s any frame may take on a loaded machine: the silence is
+    # the gap's, at its place, and nowhere else.
+    raw = _raw(sim, headers=_script(gaps=[[2, 1.5]]))
     times = [at for at, _ in raw.chunks]
     assert len(raw.chunks) == len(ORDER)  # not one extra byte during the gap
-    assert times[3] - times[2] >= 0.45
-    assert times[2] - times[0] < 0.2 and times[-1] - times[3] < 0.2
+    assert times[3] - times[2] >= 1.45
+    assert times[2] - times[0] < 1.0 and times[-1] - times[3] < 1.0
 
 
 def test_pings_fill_a_gap_when_asked(sim: SimServer) -> None:
@@ -352,7 +355,8 @@ def test_client_leaving_midstream_is_recorded_at_once(sim: SimServer) -> None:
         connection = sim.connections
     left_at = time.monotonic()
     closed = _close_of(sim, connection)
-    assert closed.client_aborted_midstream and closed.time - left_at < 0.1
+    # At once: far sooner than the 30 s gap would have ended the response.
+    assert closed.client_aborted_midstream and closed.time - left_at < 1.0
 
 
 def test_h2c_plays_the_same_scripts_and_records_a_reset_stream() -> None:
@@ -377,7 +381,7 @@ def test_h2c_plays_the_same_scripts_and_records_a_reset_stream() -> None:
     assert bytes(client.data[plain]) == direct
     assert client.reset_codes[dropped] == 2 and client.data[dropped].count(b"\n\n") == 3
     assert reset.reset_code == 0 and reset.client_aborted_midstream  # what the client sent
-    assert reset.time - left_at < 0.1
+    assert reset.time - left_at < 1.0  # not at the end of the 30 s gap
     first = sim.requests[0]
     assert first.http_version == "2" and first.body == STREAM_BODY
     assert first.headers[0] == (b"host", b"relay")  # from :authority
@@ -447,12 +451,12 @@ def test_bulk_waits_for_a_slow_reader_instead_of_buffering() -> None:
     with _sim_process() as (proc, port):
         status = f"/proc/{proc.pid}/status"
 
-        def rss_mib() -> float:
+        def memory_mib(field: str) -> float:
             with open(status) as lines:
-                kib = next(line for line in lines if line.startswith("VmRSS:")).split()[1]
+                kib = next(line for line in lines if line.startswith(f"{field}:")).split()[1]
             return int(kib) / 1024
 
-        before = rss_mib()
+        before = memory_mib("VmRSS")
         with socket.socket() as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
             sock.connect(("127.0.0.1", port))
@@ -462,12 +466,15 @@ def test_bulk_waits_for_a_slow_reader_instead_of_buffering() -> None:
                 f"content-length: {len(STREAM_BODY)}\r\n\r\n".encode()
                 + STREAM_BODY
             )
-            time.sleep(0.5)  # not reading: only flow control keeps the sim from buffering 50 MB
-            stalled = rss_mib()
+            # Not reading: only flow control keeps the sim from buffering 50 MB. The
+            # stall is real once the sim's send buffer towards us is full of bytes.
+            wait_for(lambda: unsent_bytes(port, sock.getsockname()[1]) >= STALLED_BYTES)
             received, tail = 0, b""
             while not tail.endswith(b"\r\n0\r\n\r\n"):
                 chunk = sock.recv(1 << 20)
                 assert chunk
                 received, tail = received + len(chunk), (tail + chunk)[-16:]
-    assert stalled - before < 16, (before, stalled)
+        # The peak, stall included, not a sample that could miss it.
+        peak = memory_mib("VmHWM")
+    assert peak - before < 16, (before, peak)
     assert received > total

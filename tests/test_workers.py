@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx2
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.clients import (
     KEEPALIVE,
@@ -163,11 +164,27 @@ def test_sigterm_drains_live_streams_and_exits_0(sim: SimServer, workers: str) -
 
 
 def test_workers_drain_and_exit_when_the_supervisor_is_killed(sim: SimServer) -> None:
-    with RelayProcess(sim.url, "--workers", "2") as relay:
+    """A SIGKILLed supervisor cannot forward SIGTERM; its workers drain by themselves:
+    the stream in flight runs to its end, then every worker exits."""
+    fields = script(gaps=[[2, 1.0]])
+    direct = raw_stream(sim.url, headers=fields)[2]
+    args = ("--workers", "2", "--drain-timeout", "5")
+    # expect_exit=None: the supervisor's exit is the SIGKILL's; the log is still checked.
+    with RelayProcess(sim.url, *args, expect_exit=None) as relay:
         pids = list(_workers(relay).values())
+        results: list[bytes] = []
+        before = len(sim.requests)
+        stream = threading.Thread(
+            target=lambda: results.append(raw_stream(relay.url, headers=fields)[2])
+        )
+        stream.start()
+        sim.wait_for(lambda: len(sim.requests) > before)  # in flight, upstream has it
         relay.proc.kill()
         relay.proc.wait()
+        stream.join(15)
         wait_for(lambda: not any(_running(pid) for pid in pids), timeout=10.0)
+        assert b"draining 1 streams" in relay.stderr_text  # the stream's worker drained it
+    assert results and results[0].replace(KEEPALIVE, b"") == direct
 
 
 def _running(pid: int) -> bool:
@@ -179,19 +196,43 @@ def _running(pid: int) -> bool:
     return "\nState:\tZ" not in status
 
 
-def test_a_worker_that_cannot_start_fails_the_supervisor() -> None:
+def test_a_worker_that_cannot_start_fails_the_supervisor(tmp_path: Path) -> None:
+    # Files that exist (so the configuration passes) but hold no certificate: only a
+    # worker starting its TLS listener finds out.
+    garbage = tmp_path / "not-a-cert.pem"
+    garbage.write_text("not a certificate\n")
     bad = run_cli(
         [
             "--workers=2",
             "--listen=127.0.0.1:0",
             "--admin-listen=127.0.0.1:0",
             "--tls-listen=127.0.0.1:0",
-            "--tls-cert=/nonexistent/cert.pem",
-            "--tls-key=/nonexistent/key.pem",
-        ]
+            f"--tls-cert={garbage}",
+            f"--tls-key={garbage}",
+        ],
+        # The supervisor's account of the failure is the test's point.
+        expect_errors=[
+            r"^worker \d \(pid \d+\) did not get ready$",
+            r"^a worker did not start; stopping the others$",
+            r"^worker \d \(pid \d+\) exited with code 2$",
+        ],
     )
     assert bad.returncode == 1
     assert "did not get ready" in bad.stderr and "listening on" not in bad.stdout
+    # The worker said why, as any configuration error is said: no traceback.
+    assert "sse-relay: error: --tls-cert/--tls-key:" in bad.stderr
+
+
+def _streams_served(admin_port: int, http_version: str) -> float:
+    """Streams one worker finished over `http_version`, from its own /metrics."""
+    text = httpx2.get(f"http://127.0.0.1:{admin_port}/metrics", timeout=10).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "sse_relay_streams_total"
+        and sample.labels.get("http_version") == http_version
+    )
 
 
 def test_tls_and_http3_listeners_are_shared_too(
@@ -199,7 +240,10 @@ def test_tls_and_http3_listeners_are_shared_too(
 ) -> None:
     fields: dict[str, object] = {"gaps": [[2, 0.3]]}
     direct = raw_stream(sim.url, headers={"x-sim-script": json.dumps(fields)})[2]
-    with RelayProcess(sim.url, *relay_tls_args, "--http3", "--workers", "2") as relay:
+    port = _two_free_ports()  # worker k's admin listener is on port + k - 1
+    args = (*relay_tls_args, "--http3", "--workers", "2")
+    with RelayProcess(sim.url, *args, admin=f"127.0.0.1:{port}") as relay:
+        admins = (port, port + 1)
         assert relay.tls_url and relay.h3_port
         trust = ssl.create_default_context(cafile=str(ca_file))
         with httpx2.Client(verify=trust, http2=True) as client:
@@ -213,16 +257,24 @@ def test_tls_and_http3_listeners_are_shared_too(
 
         async def h3_streams() -> list[bytes]:
             relayed = []
-            for _ in range(4):  # new client ports: spread over the workers
+            # New client ports, until the kernel has given each worker a connection.
+            for _ in range(40):
                 async with h3_connect(relay.h3_port, str(ca_file)) as h3:
                     stream = h3.request(fields)
                     await h3.wait_until(lambda: stream in h3.ended)  # noqa: B023
                     assert h3.status[stream] == 200
                     relayed.append(bytes(h3.data[stream]))
+                served = [await asyncio.to_thread(_streams_served, a, "3") for a in admins]
+                if len(relayed) >= 4 and all(served):
+                    break
             return relayed
 
-        for relayed in asyncio.run(h3_streams()):
+        streams = asyncio.run(h3_streams())
+        for relayed in streams:
             assert relayed.replace(KEEPALIVE, b"") == direct
+        # Both workers served HTTP/3, and between them every stream we sent.
+        wait_for(lambda: sum(_streams_served(a, "3") for a in admins) == len(streams))
+        assert all(_streams_served(a, "3") > 0 for a in admins), len(streams)
 
 
 def _two_free_ports() -> int:

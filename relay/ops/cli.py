@@ -55,5 +55,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from relay.ops.server import serve
 
-    uvloop.run(serve(config, worker_id))
+    try:
+        uvloop.run(serve(config, worker_id))
+    except ConfigError as exc:  # found only as the listeners start (a bad certificate)
+        print(f"sse-relay: error: {exc}", file=sys.stderr)
+        return 2
     return 0

@@ -177,6 +177,10 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -
                 f"route[{index}].keepalive-interval: must be shorter than "
                 "--quic-idle-timeout, so that keepalives keep HTTP/3 connections open"
             )
+    for flag, path in (("--tls-cert", config.tls_cert), ("--tls-key", config.tls_key)):
+        # Found now, not as a traceback when the listener starts (in every worker).
+        if path is not None and not os.access(path, os.R_OK):
+            raise ConfigError(f"{flag}: cannot read {path!r}")
     return ResolvedConfig(config, sources)
 
 

@@ -17,7 +17,7 @@ from relay.edge.listener import FirstBytesProtocol
 from relay.edge.quic import QuicListener
 from relay.ops.access_log import configure_logging
 from relay.ops.admin import serve_admin
-from relay.ops.config import RelayConfig
+from relay.ops.config import ConfigError, RelayConfig
 from relay.ops.metrics import RelayMetrics
 from relay.ops.setting_table import format_listen
 from relay.ops.worker import watch_supervisor
@@ -37,7 +37,10 @@ _ALT_SVC_MAX_AGE = 86400
 def server_tls_context(cert: str, key: str) -> ssl.SSLContext:
     """TLS for clients: HTTP/2 preferred, HTTP/1.1 offered, by ALPN."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert, key)
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"--tls-cert/--tls-key: {cert} and {key} do not load: {exc}") from None
     context.set_alpn_protocols(["h2", "http/1.1"])
     return context
 

@@ -172,7 +172,7 @@ class Supervisor:
             for slot in self._slots:
                 if slot.process is not None and slot.process.returncode is None:
                     log.error("worker %d (pid %d) did not stop; killing it", *self._who(slot))
-                    slot.process.kill()
+                    _signal(slot.process, signal.SIGKILL)
             await asyncio.gather(*watchers)
             return 1
         clean = [watcher.result() for watcher in watchers]
@@ -190,15 +190,15 @@ class Supervisor:
         )
         slot.process, slot.started = process, asyncio.get_running_loop().time()
         if self._stopping.is_set():  # a signal came while it was being started
-            process.send_signal(self._signal)
+            _signal(process, self._signal)
         log.info("started worker %d (pid %d)", *self._who(slot))
         assert process.stdout is not None
-        line = b""
-        with contextlib.suppress(TimeoutError):
+        try:
             line = await asyncio.wait_for(process.stdout.readline(), READY_TIMEOUT)
+        except TimeoutError:
+            line = b""
+            _signal(process, signal.SIGKILL)  # hung; one that closed its stdout is exiting
         if not line:
-            if process.returncode is None:
-                process.kill()
             if not self._stopping.is_set():
                 log.error("worker %d (pid %d) did not get ready", *self._who(slot))
             return ""
@@ -239,10 +239,17 @@ class Supervisor:
         self._stopping.set()
         for slot in self._slots:
             if slot.process is not None and slot.process.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    slot.process.send_signal(sig)
+                _signal(slot.process, sig)
 
     @staticmethod
     def _who(slot: _Slot) -> tuple[int, int]:
         assert slot.process is not None
         return slot.worker_id, slot.process.pid
+
+
+def _signal(process: asyncio.subprocess.Process, sig: signal.Signals) -> None:
+    """Signal a worker without reaping it: Popen.send_signal polls first, and a poll that
+    reaps an exited worker leaves asyncio's child watcher to report its exit as 255."""
+    if process.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, sig)
