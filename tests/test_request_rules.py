@@ -33,7 +33,15 @@ def test_a_normal_request_passes() -> None:
 
 @pytest.mark.parametrize(
     "target",
-    [b"/v1/x y", b"http://evil.example/v1/x", b"ftp://evil.example/v1/x", b"v1/x", b"*", b""],
+    [
+        b"/v1/x y",
+        b"http://evil.example/v1/x",
+        b"ftp://evil.example/v1/x",
+        b"v1/x",
+        b"*",
+        b"",
+        b"/v1/x#frag",
+    ],
 )
 def test_targets_other_than_origin_form_get_400(target: bytes) -> None:
     error = refusal(head(target))
@@ -71,9 +79,7 @@ def test_a_refused_value_is_never_quoted_it_may_be_a_credential() -> None:
     ("name", "value"),
     [(b"connection", b"keep-alive"), (b"transfer-encoding", b"chunked"), (b"te", b"gzip")],
 )
-def test_connection_specific_fields_are_malformed_in_http2_and_3(
-    name: bytes, value: bytes
-) -> None:
+def test_connection_specific_fields_are_malformed_in_http2_and_3(name: bytes, value: bytes) -> None:
     for version in ("2", "3"):
         assert refusal(head(headers=[(name, value)], version=version)).status == 400
     check_request(head(headers=[(name, value)], version="1.1"))  # hop-by-hop, dropped

@@ -17,8 +17,9 @@ from relay.core.exchange import RequestHead
 # RFC 9110 5.6.2 token; field values as RFC 9110 5.5 (no CTL, no outer whitespace).
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+")
 _FIELD_VALUE = re.compile(rb"(?:[\x21-\x7e\x80-\xff]+(?:[ \t]+[\x21-\x7e\x80-\xff]+)*)?")
-# Origin-form (RFC 9112 3.2.1): the only target a Messages API upstream is sent.
-_ORIGIN_FORM = re.compile(rb"/[\x21-\x7e]*")
+# Origin-form (RFC 9112 3.2.1): the only target a Messages API upstream is sent. It
+# has no fragment: a `#` is where two parsers start to disagree on the path.
+_ORIGIN_FORM = re.compile(rb"/[\x21-\x22\x24-\x7e]*")
 # Meaningless in HTTP/2 and HTTP/3, so a request carrying one is malformed (RFC 9113
 # 8.2.2, RFC 9114 4.2); in HTTP/1.1 they are hop-by-hop and dropped.
 _CONNECTION_SPECIFIC = frozenset(
@@ -44,7 +45,9 @@ def check_request(head: RequestHead) -> None:
     if not _TOKEN.fullmatch(head.method.lower()):
         raise BadRequest("the request method is not a valid HTTP token")
     if not _ORIGIN_FORM.fullmatch(head.target):
-        raise BadRequest('the request target must be a path ("/...") of visible ASCII characters')
+        raise BadRequest(
+            'the request target must be a path ("/...") of visible ASCII, with no fragment'
+        )
     multiplexed = head.http_version in _MULTIPLEXED
     for name, value in head.headers:
         if not _TOKEN.fullmatch(name):

@@ -267,6 +267,22 @@ class UpstreamMark:
         return cls.of(upstream)
 
 
+def refused_untouched(
+    relay: RelayProcess,
+    upstream: RecordingUpstream,
+    request: bytes | list[bytes],
+    status: int = 400,
+    error_type: str = "invalid_request_error",
+) -> None:
+    """`request` gets exactly one answer, a refusal, the connection closes, and upstream
+    received nothing at all."""
+    before = UpstreamMark.settled(relay, upstream)
+    result = exchange(relay.port, request, responses=1)
+    assert_refusal(result, status, error_type, index=0)
+    assert len(result.responses) == 1, [r.status for r in result.responses]
+    assert_upstream_untouched(upstream, before)
+
+
 def active_streams(relay: RelayProcess) -> float:
     """Streams the relay has in progress, from /metrics."""
     return sum(value for _, value in metric_samples(metrics_text(relay), ACTIVE_STREAMS))

@@ -27,6 +27,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import h11
 
@@ -299,15 +300,13 @@ _LINE_END = re.compile(rb"\r?\n")
 
 
 def origin_form(target: bytes) -> bytes:
-    """What upstream must see for `target`: an absolute-form target's path and query."""
+    """What upstream must see for `target`: an absolute-form target's path and query,
+    read by urllib (not the relay's own code, so that the two can disagree)."""
     if not _ABSOLUTE.match(target):
         return target
-    authority = target.index(b"//") + 2
-    ends = [i for i in (target.find(b"/", authority), target.find(b"?", authority)) if i != -1]
-    if not ends:
-        return b"/"
-    rest = target[min(ends) :]
-    return rest if rest.startswith(b"/") else b"/" + rest
+    parts = urlsplit(target)
+    path = parts.path or b"/"
+    return path + (b"?" + parts.query if parts.query or target.endswith(b"?") else b"")
 
 
 def refused_head(request: h11.Request, raw_head: bytes) -> bool:
@@ -318,6 +317,8 @@ def refused_head(request: h11.Request, raw_head: bytes) -> bool:
         return True
     if not _VISIBLE.fullmatch(target) or not (target.startswith(b"/") or _ABSOLUTE.match(target)):
         return True
+    if b"#" in target:
+        return True  # a request target has no fragment (RFC 9112 3.2)
     if b"transfer-encoding" in names and (
         request.http_version == b"1.0" or b"content-length" in names
     ):

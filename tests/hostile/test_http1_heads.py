@@ -29,6 +29,7 @@ from tests.hostile.harness import (
     fd_count,
     metric_samples,
     metrics_text,
+    refused_untouched,
     serves_request,
     wait_for_fds,
 )
@@ -46,22 +47,6 @@ def big_head(size: int) -> bytes:
     """A GET head of at least `size` bytes: 1000-byte header lines, then the blank line."""
     lines = [b"X-Pad-%04d: %s\r\n" % (i, b"p" * 986) for i in range(size // 1000 + 1)]
     return b"GET /v1/big HTTP/1.1\r\nHost: a\r\n" + b"".join(lines) + b"\r\n"
-
-
-def refused_untouched(
-    relay: RelayProcess,
-    upstream: RecordingUpstream,
-    request: bytes | list[bytes],
-    status: int = 400,
-    error_type: str = "invalid_request_error",
-) -> None:
-    """`request` gets exactly one answer, a refusal, the connection closes, and upstream
-    received nothing at all."""
-    before = UpstreamMark.settled(relay, upstream)
-    result = exchange(relay.port, request, responses=1)
-    assert_refusal(result, status, error_type, index=0)
-    assert len(result.responses) == 1, [r.status for r in result.responses]
-    assert_upstream_untouched(upstream, before)
 
 
 class TestHeadLimits:

@@ -18,10 +18,10 @@ from tests.hostile.harness import (
     UpstreamMark,
     assert_refusal,
     assert_served,
-    assert_upstream_untouched,
     check_group_end,
     exchange,
     head_sent_upstream,
+    refused_untouched,
 )
 from tests.hostile.recording_upstream import RecordingUpstream
 from tests.relayproc import RelayProcess
@@ -38,22 +38,6 @@ CHUNKED_HELLO = b"5\r\nhello\r\n0\r\n\r\n" + SMUGGLED_GET
 def post(fields: bytes, body: bytes = b"", version: bytes = b"1.1") -> bytes:
     """A POST /v1/x with the given header lines (each ending CRLF) and raw body."""
     return b"POST /v1/x HTTP/%s\r\nHost: a\r\n%s\r\n%s" % (version, fields, body)
-
-
-def refused_untouched(
-    relay: RelayProcess,
-    upstream: RecordingUpstream,
-    request: bytes | list[bytes],
-    status: int = 400,
-    error_type: str = "invalid_request_error",
-) -> None:
-    """`request` gets exactly one answer, a refusal, the connection closes, and upstream
-    received nothing at all."""
-    before = UpstreamMark.settled(relay, upstream)
-    result = exchange(relay.port, request, responses=1)
-    assert_refusal(result, status, error_type, index=0)
-    assert len(result.responses) == 1, [r.status for r in result.responses]
-    assert_upstream_untouched(upstream, before)
 
 
 class TestContentLengthWithTransferEncoding:
