@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 from hypothesis import settings
@@ -137,6 +137,24 @@ def test_failures_before_the_head_are_retried_with_backoff_then_answered() -> No
     assert isinstance(body, SendBody) and b"http://u" not in body.data
     record = finish(final).record
     assert record.retries == 2 and record.error_detail == "refused (http://u)"
+
+
+def test_a_retried_status_waits_at_least_what_retry_after_asks() -> None:
+    """With --retry-on-status 529, upstream's `retry-after-ms: 2500` sets the next try's
+    time, beyond the backoff (50-100 ms here); `retry-after: 3` likewise in seconds."""
+    settings = replace(
+        SETTINGS, retry=RetryPolicy(attempts=3, budget=10.0, statuses=frozenset({529}))
+    )
+    for header, wait in ((b"retry-after-ms", b"2500"), (b"retry-after", b"3")):
+        stream = StreamMachine(RequestHead(b"POST", b"/v1/messages", [], None), settings, 0.0)
+        opened(stream)
+        actions = stream.response_head(529, [(header, wait)], 1.0)
+        retry = actions[-1]
+        assert isinstance(retry, OpenUpstream) and retry.attempt == 1
+        assert retry.at == pytest.approx(
+            1.0 + float(wait) / (1000 if header.endswith(b"ms") else 1)
+        )
+        assert SendHead not in kinds(actions)  # nothing reached the client
 
 
 def test_a_mid_stream_death_ends_with_one_error_frame() -> None:
