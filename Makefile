@@ -5,7 +5,9 @@ BIN := $(VENV)/bin
 UPSTREAM ?= https://api.anthropic.com
 LISTEN ?= 127.0.0.1:8080
 STAMP := $(VENV)/.installed
-TEST_TOOLS := curl=curl nghttp=nghttp2-client node=nodejs npm=npm
+# nghttpd: an HTTP/2 upstream other than h2 (tests/test_nghttpd_upstream.py).
+# haproxy: deploy/compose/haproxy.cfg, checked and run (tests/test_deploy_compose.py).
+TEST_TOOLS := curl=curl nghttp=nghttp2-client nghttpd=nghttp2-server node=nodejs npm=npm haproxy=haproxy
 # The TypeScript SDK the tests drive (tests/test_ts_sdk.py), pinned by its lock file.
 NODE_DIR := tests/node
 NODE_STAMP := $(NODE_DIR)/node_modules/.installed
@@ -33,8 +35,9 @@ demo: install
 dist: install
 	scripts/build-dist.sh dist
 
+# /usr/sbin too: nghttpd lives there, and it is not on every user's PATH.
 system-deps:
-	scripts/system-deps.sh $(TEST_TOOLS)
+	PATH="$$PATH:/usr/sbin" scripts/system-deps.sh $(TEST_TOOLS)
 
 # Again when node_modules is gone (the stamp with it) or the lock file changed.
 $(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json | system-deps

@@ -1,10 +1,13 @@
 """The simulated Messages API over HTTP/2 (h2c by prior knowledge, or TLS with ALPN h2).
 
-Each stream is a `sim_script.Sink`, so every script plays as over HTTP/1.1, except that
-a failure is the stream's own: `drop_after`, `truncate_after` and `drop_before_head`
-reset that stream (INTERNAL_ERROR) and leave the connection to the others. `goaway`
-shuts a connection down gracefully: streams whose response has begun run to their end,
-later ones are refused, and the connection closes with its last stream.
+Each stream is a `relay_sim.script.Sink`, so every script plays as over HTTP/1.1,
+except that a failure is the stream's own: `drop_after`, `truncate_after` and
+`drop_before_head` reset that stream (INTERNAL_ERROR) and leave the connection to the
+others. `goaway` shuts a connection down gracefully: streams whose response has begun
+run to their end, later ones are refused, and the connection closes with its last stream.
+
+Built on the `h2` library alone, sharing no code with the relay's own HTTP/2, so that
+the upstream tests check the relay against an implementation other than its own.
 """
 
 from __future__ import annotations
@@ -14,19 +17,21 @@ import contextlib
 import functools
 import time
 from collections import deque
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 import h2.config
+import h2.connection
 import h2.events
 import h2.exceptions
 import h2.settings
 from h2.errors import ErrorCodes
+from hyperframe.frame import GoAwayFrame
 
-from relay.edge.h2_endpoint import GracefulH2Connection, H2Endpoint, SendQueue, send_queued
 from relay_sim.script import RecordedRequest, play
+from relay_sim.state import SimState
 
-if TYPE_CHECKING:
-    from relay_sim.sim import SimState
+# What an h2c client sends first (RFC 9113 3.4): how the sim's one port tells HTTP/2 apart.
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 _Headers = list[tuple[bytes, bytes]]
 
@@ -50,7 +55,9 @@ class _Stream:
                 self.headers.append((name, value))
         self.body = bytearray()
         self.responder: asyncio.Task[None] | None = None
-        self._pending: SendQueue = deque()
+        # Each write stays its own DATA frame (or frames, when larger than one may be):
+        # scripts that split an SSE frame across writes mean the split to reach the peer.
+        self._waiting: deque[memoryview] = deque()
         self._ending = False
         self._drained = asyncio.Event()
         self._drained.set()
@@ -58,6 +65,8 @@ class _Stream:
     # Sink
 
     def send_head(self, status: int, headers: list[tuple[str, str]]) -> None:
+        if not self._owner.owns(self):
+            return
         self._owner.started(self.id)
         block = [(b":status", str(status).encode())]
         block += [(name.encode(), value.encode()) for name, value in headers]
@@ -66,7 +75,7 @@ class _Stream:
 
     def write(self, data: bytes) -> None:
         if data:
-            self._pending.append(data)
+            self._waiting.append(memoryview(data))
             self.push()
 
     def write_truncated(self, data: bytes) -> None:
@@ -86,38 +95,61 @@ class _Stream:
     # Flow control
 
     def push(self) -> None:
+        """Sends what waits as far as the stream's window allows, ends the stream once
+        all is sent and the script has ended, and lets the script go on only when
+        nothing waits and the socket takes more."""
         owner = self._owner
-        if owner.stream(self.id) is not self:
+        if not owner.owns(self):
             return
-        send_queued(owner.conn, self.id, self._pending)
-        if not self._pending and self._ending:
-            owner.conn.end_stream(self.id)
+        conn = owner.conn
+        while self._waiting:
+            room = min(conn.local_flow_control_window(self.id), conn.max_outbound_frame_size)
+            if room <= 0:
+                break  # a WINDOW_UPDATE (or new SETTINGS) pushes again
+            chunk = self._waiting[0]
+            if len(chunk) > room:
+                self._waiting[0] = chunk[room:]
+                chunk = chunk[:room]
+            else:
+                self._waiting.popleft()
+            conn.send_data(self.id, chunk)
+        if not self._waiting and self._ending:
+            conn.end_stream(self.id)
             owner.finished(self.id)
         owner.schedule_flush()
-        if self._pending or owner.write_paused:
+        if self._waiting or owner.write_paused:
             self._drained.clear()
         else:
             self._drained.set()
 
 
-class Http2Connection(H2Endpoint):
-    """One HTTP/2 connection of the sim, answering each stream with the script."""
+class Http2Connection(asyncio.Protocol):
+    """One HTTP/2 connection of the sim, answering each stream with the script.
+
+    Frames of all streams collect in h2's buffer and go out in one write per loop pass.
+    """
 
     def __init__(self, state: SimState, number: int) -> None:
         self._state = state
         self._number = number
         config = h2.config.H2Configuration(client_side=False, header_encoding=None)
-        super().__init__(GracefulH2Connection(config))
+        self.conn = h2.connection.H2Connection(config)
+        self._transport: asyncio.Transport | None = None
+        self._loop = asyncio.get_running_loop()
+        self._flush_scheduled = False
+        #: The socket's send buffer is over its high-water mark: every stream waits.
+        self.write_paused = False
         self._streams: dict[int, _Stream] = {}
         self._last_started = 0
         self._goaway_last: int | None = None  # our GOAWAY's last stream id, once sent
+        self._closing = False  # we closed, or h2 gave up on the connection
         self._closed_by_us = False
         self._peer_left_at: float | None = None
 
     # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.Transport, transport)
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self._state.live.add(self)
         limit = {h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self._state.h2_max_streams}
         self.conn.local_settings = h2.settings.Settings(client=False, initial_values=limit)
@@ -125,6 +157,8 @@ class Http2Connection(H2Endpoint):
         self.flush()
 
     def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return
         try:
             events = self.conn.receive_data(data)
         except h2.exceptions.ProtocolError:
@@ -139,6 +173,7 @@ class Http2Connection(H2Endpoint):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
         answering = [s for s in self._streams.values() if s.responder is not None]
         noticed = self._peer_left_at or time.monotonic()
         self._state.record_close(noticed, bool(answering) and not self._closed_by_us, self._number)
@@ -147,27 +182,43 @@ class Http2Connection(H2Endpoint):
             cast(asyncio.Task[None], stream.responder).cancel()
         self._streams.clear()
 
-    def write_pause_changed(self) -> None:
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        self._push_all()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
         self._push_all()
 
     # For SimState and the streams
 
     def goaway(self) -> None:
-        """GOAWAY naming the last stream whose response has begun; later ones are refused."""
+        """GOAWAY naming the last stream whose response has begun; later ones are refused.
+
+        The frame is written here, not by h2: h2 moves the whole connection to CLOSED
+        when it sends a GOAWAY and then refuses every frame (python-hyper/h2#1181), while
+        RFC 9113 6.8 lets the streams it names run to their end. New streams are then
+        refused here (`_dispatch`), since h2 does not know they should be.
+        """
+        if self._closing or self._goaway_last is not None:
+            return
         self._goaway_last = self._last_started
-        self.conn.close_connection(last_stream_id=self._last_started)
+        self.flush()  # frames h2 already holds go first, as if it had sent the GOAWAY
+        frame = GoAwayFrame(0, last_stream_id=self._last_started, error_code=ErrorCodes.NO_ERROR)
+        self._write(frame.serialize())
         for stream_id in [i for i in self._streams if i > self._last_started]:
             self.reset(stream_id, ErrorCodes.REFUSED_STREAM)
         self.flush()
         self._close_when_done()
 
     def abort(self) -> None:
-        self._closed_by_us = True
+        self._closing = self._closed_by_us = True
         if self._transport is not None:
             self._transport.abort()
 
-    def stream(self, stream_id: int) -> _Stream | None:
-        return self._streams.get(stream_id)
+    def owns(self, stream: _Stream) -> bool:
+        """Whether `stream` may still send: neither it nor the connection has ended."""
+        return not self._closing and self._streams.get(stream.id) is stream
 
     def started(self, stream_id: int) -> None:
         self._last_started = max(self._last_started, stream_id)
@@ -180,10 +231,22 @@ class Http2Connection(H2Endpoint):
         stream = self._streams.pop(stream_id, None)
         if stream is not None and stream.responder is not None:
             stream.responder.cancel()
+        if self._closing:
+            return
         with contextlib.suppress(h2.exceptions.StreamClosedError):
             self.conn.reset_stream(stream_id, code)
         self.schedule_flush()
         self._close_when_done()
+
+    def schedule_flush(self) -> None:
+        # Frames from many streams (and many writes of one) go out as one write.
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._flush_scheduled = False
+        self._write(self.conn.data_to_send())
 
     # Events
 
@@ -225,7 +288,7 @@ class Http2Connection(H2Endpoint):
         self._state.requests.append(recorded)
         request_id = self._state.next_request_id()
         coroutine = play(recorded, self._state.script, request_id, stream)
-        stream.responder = asyncio.get_running_loop().create_task(coroutine)
+        stream.responder = self._loop.create_task(coroutine)
         stream.responder.add_done_callback(functools.partial(self._answered, stream.id))
 
     def _answered(self, stream_id: int, task: asyncio.Task[None]) -> None:
@@ -243,7 +306,11 @@ class Http2Connection(H2Endpoint):
             self._close()
 
     def _close(self) -> None:
-        self._closed_by_us = True
-        self.flush()
+        self.flush()  # h2's GOAWAY after a protocol error, the last frames of a drain
+        self._closing = self._closed_by_us = True
         if self._transport is not None:
             self._transport.close()
+
+    def _write(self, data: bytes) -> None:
+        if data and self._transport is not None and not self._transport.is_closing():
+            self._transport.write(data)

@@ -1,4 +1,5 @@
-"""What the simulated Messages API sends, and when: scenario, frames, and the player.
+"""What the simulated Messages API sends, and when: the scenario and the player (the
+turn's content, its frames and message, is `relay_sim.turn`).
 
 Nothing here knows about HTTP/1.1 or HTTP/2: the player drives a `Sink`, which each
 transport implements. Every byte a response carries depends only on the request body and
@@ -9,24 +10,21 @@ byte for byte.
 from __future__ import annotations
 
 import asyncio
-import base64
 import dataclasses
-import hashlib
 import json
-import math
+import time
 import zlib
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from relay_sim.turn import Turn, compact, render
 
 PING_DATA = '{"type": "ping"}'
 OVERLOADED_DATA = (
     '{"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}'
 )
-# The real API pads some frames inside the JSON; relays must keep those bytes.
-MESSAGE_STOP_DATA = '{"type":"message_stop"' + " " * 14 + "}"
-DEFAULT_MODEL = "claude-sim-1"
-BULK_CHUNK = 16 * 1024  # characters of text per bulk text_delta frame
+BOM = b"\xef\xbb\xbf"  # UTF-8 byte order mark
 
 _LINE_ENDINGS = ("\n", "\r\n", "\r")
 _WBITS = {"gzip": 31, "deflate": 15}
@@ -69,6 +67,7 @@ class SimScript:
     event_delay: float = 0.0  # seconds before each event after the first
     gaps: tuple[tuple[int, float], ...] = ()  # (after_event_index, seconds) of silence
     ping_every: float | None = None  # ping period inside gaps; None: gaps are byte-silent
+    comment_every: float | None = None  # `: keepalive` comment period inside gaps, likewise
     error_after: int | None = None  # after N events: an overloaded error event, clean end
     drop_after: int | None = None  # after N events: abort the connection
     truncate_after: int | None = None  # after N events: a chunk cut in half, then abort
@@ -80,24 +79,38 @@ class SimScript:
     headers_delay: float = 0.0  # seconds before the response head
     drop_before_head: bool = False  # after headers_delay: abort instead of answering
     content_encoding: str | None = None  # "gzip" or "deflate": compress the SSE body
+    # With a status other than 200: these headers on the error answer, as the API sends
+    # them for 429/529 (seconds, and milliseconds).
+    retry_after: float | None = None
+    retry_after_ms: float | None = None
+    bom: bool = False  # the SSE body starts with a UTF-8 BOM, in the first frame's chunk
+    body_delay: float = 0.0  # seconds between the SSE response head and its first byte
+    # A non-streaming (JSON) reply: only its first N body bytes, then the connection is
+    # dropped; its Content-Length still promises the whole body.
+    cut_json_after: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("thinking_deltas", "text_deltas", "bulk_bytes", "status"):
             _number(name, getattr(self, name), integer=True)
-        for name in ("error_after", "drop_after", "truncate_after"):
+        for name in ("error_after", "drop_after", "truncate_after", "cut_json_after"):
             if getattr(self, name) is not None:
                 _number(name, getattr(self, name), integer=True)
-        for name in ("event_delay", "headers_delay"):
+        for name in ("event_delay", "headers_delay", "body_delay"):
             _number(name, getattr(self, name))
-        if self.ping_every is not None and not _number("ping_every", self.ping_every) > 0:
-            raise ValueError("ping_every must be positive")
+        for name in ("retry_after", "retry_after_ms"):
+            if getattr(self, name) is not None:
+                _number(name, getattr(self, name))
+        for name in ("ping_every", "comment_every"):
+            period = getattr(self, name)
+            if period is not None and not _number(name, period) > 0:
+                raise ValueError(f"{name} must be positive")
         if not isinstance(self.gaps, list | tuple):
             raise ValueError(f"gaps must be a list of pairs, got {self.gaps!r}")
         object.__setattr__(self, "gaps", tuple(_pair("gaps", gap) for gap in self.gaps))
         if self.stall_mid_frame is not None:
             stall = _pair("stall_mid_frame", self.stall_mid_frame)
             object.__setattr__(self, "stall_mid_frame", stall)
-        for name in ("end_without_stop", "drop_before_head"):
+        for name in ("end_without_stop", "drop_before_head", "bom"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a boolean")
         if self.line_ending not in _LINE_ENDINGS:
@@ -130,117 +143,16 @@ class RecordedRequest:
     headers: list[tuple[bytes, bytes]]  # HTTP/2: `:authority` first, as host
     body: bytes
     http_version: str = "1.1"  # "1.1", "1.0" or "2"
+    #: time.monotonic() once the request was complete: tests time retries by it.
+    received_at: float = field(default_factory=time.monotonic)
 
     def header(self, name: bytes) -> bytes | None:
         return next((value for key, value in self.headers if key == name), None)
 
 
-class Frame(NamedTuple):
-    name: str
-    data: bytes  # the whole rendered frame, blank line included
-
-
-def render(name: str, data: str, eol: str = "\n") -> Frame:
-    return Frame(name, f"event: {name}{eol}data: {data}{eol}{eol}".encode())
-
-
-def _compact(value: object) -> str:
-    return json.dumps(value, separators=(",", ":"))
-
-
-@dataclass(frozen=True)
-class Turn:
-    """The content of one simulated assistant turn, shared by stream and JSON replies."""
-
-    message_id: str
-    model: str
-    input_tokens: int
-    thinking: list[str]
-    signature: str
-    text: list[str]
-
-    @classmethod
-    def build(cls, script: SimScript, body: bytes, request: dict[str, Any]) -> Turn:
-        digest = hashlib.sha256(body).hexdigest()
-        thinking = [f"Thinking step {i + 1}. " for i in range(script.thinking_deltas)]
-        if script.bulk_bytes:
-            # One shared string: the list costs a pointer per frame, not a copy.
-            chunk = ("lorem ipsum " * (BULK_CHUNK // 12 + 1))[:BULK_CHUNK]
-            text = [chunk] * math.ceil(script.bulk_bytes / BULK_CHUNK)
-        else:
-            text = [f"Answer part {i + 1}. " for i in range(script.text_deltas)]
-        seed = "".join(thinking).encode()
-        raw = b"".join(hashlib.sha256(seed + bytes([i])).digest() for i in range(12))
-        model = request.get("model")
-        return cls(
-            message_id=f"msg_sim_{digest[:24]}",
-            model=model if isinstance(model, str) else DEFAULT_MODEL,
-            input_tokens=max(1, len(_compact(request.get("messages"))) // 4),
-            thinking=thinking,
-            signature=base64.b64encode(raw).decode() if thinking else "",
-            text=text,
-        )
-
-    def usage(self, output_tokens: int) -> dict[str, int]:
-        return {
-            "input_tokens": self.input_tokens,
-            "cache_creation_input_tokens": 0,
-            "cache_read_input_tokens": 0,
-            "output_tokens": output_tokens,
-        }
-
-    def message(self) -> dict[str, Any]:
-        """The non-streaming reply: the message the stream accumulates to."""
-        content: list[dict[str, Any]] = []
-        if self.thinking:
-            thinking = "".join(self.thinking)
-            content.append({"type": "thinking", "thinking": thinking, "signature": self.signature})
-        content.append({"type": "text", "text": "".join(self.text)})
-        return {
-            **self._head(content),
-            "stop_reason": "end_turn",
-            "stop_sequence": None,
-            "usage": self.usage(len(self.thinking) + len(self.text)),
-        }
-
-    def _head(self, content: list[dict[str, Any]]) -> dict[str, Any]:
-        return {
-            "id": self.message_id,
-            "type": "message",
-            "role": "assistant",
-            "model": self.model,
-            "content": content,
-        }
-
-    def frames(self, eol: str) -> Iterator[Frame]:
-        """The SSE events in order, rendered lazily (a bulk turn can be 50 MB)."""
-        start = {**self._head([]), "stop_reason": None, "stop_sequence": None}
-        yield self._event("message_start", {"message": {**start, "usage": self.usage(1)}}, eol)
-        blocks: list[tuple[dict[str, str], Iterable[dict[str, str]]]] = []
-        if self.thinking:
-            thinking = [{"type": "thinking_delta", "thinking": part} for part in self.thinking]
-            thinking.append({"type": "signature_delta", "signature": self.signature})
-            blocks.append(({"type": "thinking", "thinking": "", "signature": ""}, thinking))
-        text = ({"type": "text_delta", "text": part} for part in self.text)
-        blocks.append(({"type": "text", "text": ""}, text))
-        for index, (block, deltas) in enumerate(blocks):
-            yield self._event("content_block_start", {"index": index, "content_block": block}, eol)
-            for delta in deltas:
-                yield self._event("content_block_delta", {"index": index, "delta": delta}, eol)
-            yield self._event("content_block_stop", {"index": index}, eol)
-        final = {"stop_reason": "end_turn", "stop_sequence": None}
-        output = {"output_tokens": len(self.thinking) + len(self.text)}
-        yield self._event("message_delta", {"delta": final, "usage": output}, eol)
-        yield render("message_stop", MESSAGE_STOP_DATA, eol)
-
-    @staticmethod
-    def _event(name: str, fields: dict[str, Any], eol: str) -> Frame:
-        return render(name, _compact({"type": name, **fields}), eol)
-
-
 def error_json(status: int, message: str) -> bytes:
     kind = _ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
-    return _compact({"type": "error", "error": {"type": kind, "message": message}}).encode()
+    return compact({"type": "error", "error": {"type": kind, "message": message}}).encode()
 
 
 class Sink(Protocol):
@@ -280,17 +192,38 @@ class _Encoder:
         return self._zlib.flush() if self._zlib else b""
 
 
-def _reply(sink: Sink, status: int, body: bytes, request_id: str) -> None:
-    sink.send_head(
-        status,
-        [
-            ("content-type", "application/json"),
-            ("content-length", str(len(body))),
-            ("request-id", request_id),
-        ],
-    )
+def _reply(
+    sink: Sink,
+    status: int,
+    body: bytes,
+    request_id: str,
+    extra: Iterable[tuple[str, str]] = (),
+    cut_after: int | None = None,
+) -> None:
+    """A JSON answer with a Content-Length; with `cut_after`, only that many body
+    bytes go out before the connection is dropped."""
+    headers = [
+        ("content-type", "application/json"),
+        ("content-length", str(len(body))),
+        ("request-id", request_id),
+        *extra,
+    ]
+    sink.send_head(status, headers)
+    if cut_after is not None and cut_after < len(body):
+        sink.write(body[:cut_after])
+        sink.abort()
+        return
     sink.write(body)
     sink.end()
+
+
+def _retry_headers(script: SimScript) -> list[tuple[str, str]]:
+    headers = []
+    if script.retry_after is not None:
+        headers.append(("retry-after", f"{script.retry_after:g}"))
+    if script.retry_after_ms is not None:
+        headers.append(("retry-after-ms", f"{script.retry_after_ms:g}"))
+    return headers
 
 
 async def play(request: RecordedRequest, default: SimScript, request_id: str, sink: Sink) -> None:
@@ -312,13 +245,21 @@ async def play(request: RecordedRequest, default: SimScript, request_id: str, si
         sink.abort()
         return
     if script.status != 200:
-        _reply(sink, script.status, error_json(script.status, "Simulated error"), request_id)
+        body = error_json(script.status, "Simulated error")
+        _reply(sink, script.status, body, request_id, _retry_headers(script))
         return
-    turn = Turn.build(script, request.body, payload)
+    turn = Turn.build(
+        request.body,
+        payload,
+        thinking_deltas=script.thinking_deltas,
+        text_deltas=script.text_deltas,
+        bulk_bytes=script.bulk_bytes,
+    )
     if payload.get("stream") is True:
         await _stream(sink, script, turn, request_id)
     else:
-        _reply(sink, 200, _compact(turn.message()).encode(), request_id)
+        body = compact(turn.message()).encode()
+        _reply(sink, 200, body, request_id, cut_after=script.cut_json_after)
 
 
 async def _stream(sink: Sink, script: SimScript, turn: Turn, request_id: str) -> None:
@@ -330,6 +271,7 @@ async def _stream(sink: Sink, script: SimScript, turn: Turn, request_id: str) ->
     if script.content_encoding:
         headers.append(("content-encoding", script.content_encoding))
     sink.send_head(200, headers)
+    await asyncio.sleep(script.body_delay)
     encode = _Encoder(script.content_encoding)
     eol = script.line_ending
     gaps = dict(script.gaps)
@@ -354,22 +296,38 @@ async def _stream(sink: Sink, script: SimScript, turn: Turn, request_id: str) ->
             sink.write(encode(data[: len(data) // 2]))
             await asyncio.sleep(stall[1])
             data = data[len(data) // 2 :]
+        if index == 0 and script.bom:
+            data = BOM + data
         sink.write(encode(data))
         await sink.drain()
         if index in gaps:
-            await _gap(gaps[index], script.ping_every, lambda: sink.write(encode(ping)))
+            await _gap(
+                gaps[index],
+                [
+                    (script.ping_every, lambda: sink.write(encode(ping))),
+                    (script.comment_every, lambda: sink.write(encode(COMMENT))),
+                ],
+            )
     sink.write(encode.finish())
     sink.end()
 
 
-async def _gap(seconds: float, ping_every: float | None, ping: Callable[[], None]) -> None:
-    """Silence for `seconds`, or pings every `ping_every` s inside it (never at its end)."""
+#: What `comment_every` writes: a comment-only frame, as the relay's own keepalive.
+COMMENT = b": keepalive\n\n"
+
+
+async def _gap(seconds: float, beats: list[tuple[float | None, Callable[[], None]]]) -> None:
+    """Silence for `seconds`, but for each (period, write) with a period, a write every
+    period inside it (never at its end): pings, comments, or both."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
-    if ping_every is not None:
-        next_ping = loop.time() + ping_every
-        while next_ping < deadline:
-            await asyncio.sleep(next_ping - loop.time())
-            ping()
-            next_ping += ping_every
+    due = [(loop.time() + period, period, write) for period, write in beats if period]
+    while due:
+        at, period, write = min(due, key=lambda beat: beat[0])
+        if at >= deadline:
+            break
+        await asyncio.sleep(max(0.0, at - loop.time()))
+        write()
+        due.remove((at, period, write))
+        due.append((at + period, period, write))
     await asyncio.sleep(max(0.0, deadline - loop.time()))

@@ -2,9 +2,9 @@
 
 Platform teams point load balancers at it to see idle timeouts bite; the tests and
 benchmarks use it as the upstream. This module is the HTTP/1.1 transport (an h11
-`asyncio.Protocol`), the choice of HTTP version per connection, the shared recording
-state, and the command line; HTTP/2 lives in `relay_sim.h2`, and what is sent, and
-when, in `relay_sim.script`.
+`asyncio.Protocol`), the choice of HTTP version per connection, and the command line;
+HTTP/2 lives in `relay_sim.h2`, the shared recording state in `relay_sim.state`, and
+what is sent, and when, in `relay_sim.script`.
 """
 
 from __future__ import annotations
@@ -13,65 +13,18 @@ import argparse
 import asyncio
 import contextlib
 import http
-import itertools
 import signal
 import ssl
 import time
 from collections.abc import Coroutine
-from dataclasses import dataclass, field
 from typing import Any, cast
 
 import h11
 
-from relay.edge.h2_endpoint import H2_PREFACE
-from relay_sim.h2 import Http2Connection
+from relay_sim.black_hole import BlackHole
+from relay_sim.h2 import H2_PREFACE, Http2Connection
 from relay_sim.script import RecordedRequest, SimScript, play
-
-
-@dataclass(frozen=True)
-class CloseRecord:
-    """A connection's end, timed when the server noticed it; over HTTP/2 also a client's
-    RST_STREAM of a response in progress (then `reset_code` is its error code)."""
-
-    time: float  # time.monotonic()
-    client_aborted_midstream: bool  # the peer left while a request was being answered
-    connection: int  # 1-based accept order
-    reset_code: int | None = None
-
-
-@dataclass
-class SimState:
-    """What all connections of one sim server share; tests read it from another thread."""
-
-    script: SimScript = field(default_factory=SimScript)
-    requests: list[RecordedRequest] = field(default_factory=list)
-    closes: list[CloseRecord] = field(default_factory=list)
-    connections: int = 0  # accepted so far
-    h2_max_streams: int = 100  # MAX_CONCURRENT_STREAMS an HTTP/2 connection advertises
-    live: set[Http1Connection | Http2Connection] = field(
-        default_factory=set, init=False, repr=False
-    )
-    _request_ids: itertools.count[int] = field(
-        default_factory=lambda: itertools.count(1), init=False, repr=False
-    )
-
-    def next_request_id(self) -> str:
-        return f"req_sim_{next(self._request_ids)}"
-
-    def record_close(
-        self, at: float, midstream: bool, connection: int, reset_code: int | None = None
-    ) -> None:
-        self.closes.append(CloseRecord(at, midstream, connection, reset_code))
-
-    def abort_all(self) -> None:
-        for connection in list(self.live):
-            connection.abort()
-
-    def goaway_all(self) -> None:
-        """Every HTTP/2 connection finishes the responses it began, refuses the rest."""
-        for connection in list(self.live):
-            if isinstance(connection, Http2Connection):
-                connection.goaway()
+from relay_sim.state import SimState
 
 
 def _reason(status: int) -> bytes:
@@ -305,6 +258,12 @@ def _parser() -> argparse.ArgumentParser:
     add("--error-after", type=int, metavar="N", help="overloaded error event after N events")
     add("--drop-after", type=int, metavar="N", help="drop the connection after N events")
     add("--script", metavar="JSON", help="any other SimScript fields, as for x-sim-script")
+    add(
+        "--black-hole",
+        action="store_true",
+        help="answer nothing: every connect hangs until the client's own timeout "
+        "(for testing connect timeouts)",
+    )
     return parser
 
 
@@ -324,17 +283,26 @@ def _script(args: argparse.Namespace) -> SimScript:
 async def _serve(script: SimScript, host: str, port: int) -> None:
     state = SimState(script=script)
     server = await start(state, host, port)
+    await _until_signalled(host, server.sockets[0].getsockname()[1])
+    server.close()
+    state.abort_all()
+
+
+async def _black_hole(host: str, port: int) -> None:
+    with BlackHole(host, port) as hole:
+        await _until_signalled(host, hole.port, " (black hole)")
+
+
+async def _until_signalled(host: str, port: int, note: str = "") -> None:
+    """Prints the ready line, then waits for SIGINT or SIGTERM."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    bound = server.sockets[0].getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     # Printed only once signals are handled: a caller may stop us right after reading it.
-    print(f"sse-relay sim listening on http://{shown}:{bound}", flush=True)
+    print(f"sse-relay sim listening on http://{shown}:{port}{note}", flush=True)
     await stop.wait()
-    server.close()
-    state.abort_all()
 
 
 def run(main: Coroutine[Any, Any, None]) -> None:
@@ -354,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         script = _script(args)
     except ValueError as exc:
         parser.error(str(exc))
-    run(_serve(script, *args.listen))
+    run(_black_hole(*args.listen) if args.black_hole else _serve(script, *args.listen))
     return 0
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import h2.config
 import h2.connection
@@ -39,7 +39,7 @@ class RawH2Client:
         #: RST_STREAM error codes the relay sent, by stream.
         self.reset_codes: dict[int, int] = {}
         #: The relay's GOAWAY, once it came: (last stream id, error code).
-        self.goaway: tuple[int, int] | None = None
+        self.goaway: tuple[int | None, int | None] | None = None
         #: Streams whose received data is never acknowledged (their window stays shut).
         self.withhold: set[int] = set()
         self._send()
@@ -52,7 +52,7 @@ class RawH2Client:
 
     def stream(
         self,
-        script: dict[str, object] | None = None,
+        script: Mapping[str, object] | None = None,
         extra_headers: list[tuple[bytes, bytes]] | None = None,
     ) -> int:
         stream_id: int = self.conn.get_next_available_stream_id()

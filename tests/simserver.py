@@ -9,7 +9,8 @@ from ssl import SSLContext
 from types import TracebackType
 
 from relay_sim.script import RecordedRequest, SimScript
-from relay_sim.sim import CloseRecord, SimState, run, start
+from relay_sim.sim import run, start
+from relay_sim.state import CloseRecord, SimState
 from tests.clients import wait_for
 
 

@@ -192,7 +192,10 @@ def _verdicts(results: dict[str, Any]) -> dict[str, tuple[bool | None, str]]:
 
 
 def _added_p99(results: dict[str, Any]) -> bool | None:
-    (met,) = [t["met"] for t in targets(results) if t["target"].startswith("added p99")]
+    verdicts: list[bool | None] = [
+        t["met"] for t in targets(results) if t["target"].startswith("added p99")
+    ]
+    (met,) = verdicts
     return met
 
 

@@ -17,7 +17,7 @@ import httpx2
 import pytest
 from h2.errors import ErrorCodes
 
-from relay_sim.sim import CloseRecord
+from relay_sim.state import CloseRecord
 from tests.clients import (
     KEEPALIVE,
     MESSAGE_PARAMS,

@@ -21,7 +21,7 @@ import pytest
 import trustme
 from h2.errors import ErrorCodes
 
-from relay_sim.sim import CloseRecord
+from relay_sim.state import CloseRecord
 from tests.clients import (
     KEEPALIVE,
     MESSAGE_PARAMS,

@@ -23,7 +23,7 @@ from relay.edge.h3 import quic_configuration
 from relay.edge.quic import QuicHandler, QuicListener, QuicSession
 from relay.ops.config import ConfigError, RelayConfig, add_arguments, load
 from relay.ops.metrics import RelayMetrics
-from relay_sim.sim import CloseRecord
+from relay_sim.state import CloseRecord
 from tests.clients import KEEPALIVE, STREAM_BODY, raw_stream, script, wait_until
 from tests.h3client import H3Client, h3_connect
 from tests.relayproc import RelayProcess

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from relay_sim.sim import CloseRecord
+from relay_sim.state import CloseRecord
 from tests.clients import (
     KEEPALIVE,
     MESSAGE_PARAMS,

@@ -1,5 +1,7 @@
 """FrameScanner: both implementations, against the SSE rules and against the official SDK.
 
+The keepalive tests drive the relay's own insertion code (`StreamMachine`, with each
+scanner in turn) and compare what the SDK's decoder reads with and without it.
 Every test runs on the pure-Python twin and on the Cython extension. A missing extension
 fails these tests unless SSE_RELAY_NO_EXTENSIONS=1 says it is meant to be missing.
 """
@@ -7,11 +9,14 @@ fails these tests unless SSE_RELAY_NO_EXTENSIONS=1 says it is meant to be missin
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
+from unittest import mock
 
 import pytest
 from anthropic._streaming import SSEDecoder
@@ -19,6 +24,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import relay.sse.scanner
+from relay.core import stream_machine
+from relay.core.body_policy import BodyPolicy
+from relay.core.exchange import RequestHead, StreamSettings
+from relay.core.keepalive import COMMENT_FRAME
+from relay.core.keepalive import FRAMES as KEEPALIVE_FRAMES
+from relay.core.retry import RetryPolicy
+from relay.core.stream_actions import Action, ArmTimer, OpenUpstream, SendHead, SendKeepalive
+from relay.core.stream_machine import StreamMachine
 from relay.sse.scanner_pure import FrameScanner as PureScanner
 
 FastScanner: Any
@@ -32,7 +45,6 @@ except ImportError as exc:
 
 NO_EXTENSIONS = os.environ.get("SSE_RELAY_NO_EXTENSIONS") == "1"
 BOM = b"\xef\xbb\xbf"
-KEEPALIVE = b": keepalive\n\n"
 PING_FRAME = b'event: ping\ndata: {"type": "ping"}\n\n'
 
 Snapshot = tuple[bool, bool, int, int, bool, bool, bool]
@@ -71,7 +83,7 @@ def snapshot(scanner: Any) -> Snapshot:
     )
 
 
-def fed(scanner_class: Any, *chunks: bytes) -> Any:
+def fed(scanner_class: Any, *chunks: bytes | bytearray | memoryview) -> Any:
     scanner = scanner_class()
     for chunk in chunks:
         scanner.feed(chunk)
@@ -412,7 +424,7 @@ def test_implementation_choice(env: dict[str, str], setup: str, expected: str) -
 # -- property tests ------------------------------------------------------------------
 
 TEXT = st.text(
-    st.characters(exclude_characters="\r\n", exclude_categories=("Cs",)), max_size=12
+    st.characters(exclude_characters="\r\n", exclude_categories=["Cs"]), max_size=12
 ).map(str.encode)
 RECOGNISED = st.sampled_from([b"ping", b"message_start", b"message_stop", b"error"])
 NEAR_MISSES = st.sampled_from(
@@ -510,13 +522,34 @@ def test_implementations_agree(fast_class: Any, case: tuple[bytes, list[bytes]])
         assert snapshot(pure) == snapshot(fast) == snapshot(bytewise), offset
 
 
-def sdk_events(chunks: Iterable[bytes]) -> list[tuple[str | None, str, str | None, int | None]]:
-    """What an SDK user sees: the decoder's events, minus those the SDK itself skips."""
-    return [
-        (sse.event, sse.data, sse.id, sse.retry)
-        for sse in SSEDecoder().iter_bytes(iter(chunks))
-        if sse.event not in (None, "ping")
-    ]
+SdkEvent = tuple[str | None, str, str | None, int | None]
+
+
+def sdk_stream(chunks: Iterable[bytes]) -> Iterator[SdkEvent]:
+    """The SDK decoder's events, but pings (the relay's ping keepalives among them; the
+    SDK skips pings) and events without data. The decoder dispatches those where the
+    SSE spec dispatches nothing: on every blank line once an `id:` was seen, so after
+    each comment keepalive too. Unnamed events stay (a frame the relay broke shows
+    there), though the SDK skips them as well."""
+    for sse in SSEDecoder().iter_bytes(iter(chunks)):
+        if sse.event != "ping" and sse.data:
+            yield (sse.event, sse.data, sse.id, sse.retry)
+
+
+def sdk_events(chunks: Iterable[bytes]) -> list[SdkEvent]:
+    return list(sdk_stream(chunks))
+
+
+def sdk_reading(chunks: Iterable[bytes]) -> tuple[list[SdkEvent], bool]:
+    """`sdk_events` as far as the decoder gets, and whether it then gave up: it raises
+    on a line that is not UTF-8 (a lone piece of a BOM at the start, say)."""
+    events: list[SdkEvent] = []
+    try:
+        for event in sdk_stream(chunks):
+            events.append(event)
+    except UnicodeDecodeError:
+        return events, True
+    return events, False
 
 
 def drop_prefix(chunks: list[bytes], count: int) -> list[bytes]:
@@ -529,80 +562,154 @@ def drop_prefix(chunks: list[bytes], count: int) -> list[bytes]:
     return out
 
 
-def relay_with_keepalives(
-    scanner_class: Any,
-    chunks: list[bytes],
-    frame: bytes,
-    may_insert: Callable[[Any], bool],
-    skip_start: bool,
-) -> tuple[list[bytes], list[int]]:
-    """Forwards `chunks`, inserting `frame` wherever `may_insert(scanner)` allows.
+# -- keepalives as the relay inserts them ----------------------------------------------
 
-    `skip_start`: insert nothing before the first byte. Returns the chunks as sent and
-    the wire offsets of the inserted frames.
-    """
-    scanner = scanner_class()
-    sent: list[bytes] = []
-    inserted: list[int] = []
-    wire = forwarded = 0
-
-    def maybe_insert() -> None:
-        nonlocal wire
-        if may_insert(scanner) and (forwarded or not skip_start):
-            inserted.append(wire)
-            sent.append(frame)
-            wire += len(frame)
-
-    maybe_insert()
-    for chunk in chunks:
-        scanner.feed(chunk)
-        sent.append(chunk)
-        wire += len(chunk)
-        forwarded += len(chunk)
-        maybe_insert()
-    return sent, inserted
+INTERVAL = 1.0
+SSE_HEAD = [(b"content-type", b"text/event-stream")]
+#: Upstream silences: (before chunk i, or after the last, wrapped; seconds). The first
+#: chunks are favoured: a keepalive before upstream's first byte meets a BOM.
+PAUSES = st.lists(
+    st.tuples(st.one_of(st.integers(0, 3), st.integers(0, 10_000)), st.floats(0.0, 3.5 * INTERVAL)),
+    min_size=1,
+    max_size=8,
+)
 
 
-def without_inserted(wire: bytes, inserted: list[int], frame: bytes) -> bytes:
-    kept, start = [], 0
-    for offset in inserted:
-        assert wire[offset : offset + len(frame)] == frame
-        kept.append(wire[start:offset])
-        start = offset + len(frame)
-    return b"".join([*kept, wire[start:]])
+def stream_settings(frame: bytes) -> StreamSettings:
+    return StreamSettings(
+        keepalive_interval=INTERVAL,
+        keepalive_frame=frame,
+        read_timeout=30 * INTERVAL,
+        send_timeout=10 * INTERVAL,
+        body_timeout=5 * INTERVAL,
+        max_body_bytes=1000,
+        retry=RetryPolicy(attempts=1, budget=0.0),
+        body_policy=BodyPolicy(),
+    )
+
+
+@dataclass
+class Relayed:
+    """What the relay wrote to the client for one upstream body, write by write."""
+
+    writes: list[bytes] = field(default_factory=list)
+    keepalives: set[int] = field(default_factory=set)  # indexes into `writes`
+
+    def upstream_part(self) -> bytes:
+        return b"".join(w for i, w in enumerate(self.writes) if i not in self.keepalives)
+
+    def first_write(self) -> int | None:
+        """The index of the first write with bytes in it."""
+        return next((i for i, data in enumerate(self.writes) if data), None)
+
+
+def first(chunks: list[bytes]) -> bytes:
+    """The first chunk with bytes in it."""
+    return next((chunk for chunk in chunks if chunk), b"")
+
+
+def relay_through_machine(
+    scanner_class: Any, chunks: list[bytes], pauses: dict[int, float], frame: bytes
+) -> Relayed:
+    """Upstream's body through the relay's own `StreamMachine`, as `RelayStream` runs
+    it: the head at t=0, chunk i after a silence of `pauses.get(i, 0)` seconds (and
+    `pauses[len(chunks)]` after the last), the timer woken whenever the machine armed
+    it, and every keepalive it asks for written where it asks. The machine's scanner
+    is `scanner_class`, so both implementations are driven."""
+    relayed = Relayed()
+    timer, now = math.inf, 0.0
+
+    def apply(actions: list[Action]) -> None:
+        nonlocal timer
+        for action in actions:
+            if isinstance(action, ArmTimer):
+                timer = action.at
+            elif isinstance(action, SendKeepalive):
+                relayed.keepalives.add(len(relayed.writes))
+                relayed.writes.append(action.data)
+            else:  # a clean stream: nothing else may reach the client before its end
+                assert isinstance(action, OpenUpstream | SendHead), action
+
+    def wait(seconds: float) -> None:
+        nonlocal timer, now
+        until = now + seconds
+        while timer <= until:
+            now, timer = max(now, timer), math.inf
+            apply(machine.tick(now))
+        now = until
+
+    head = RequestHead(b"POST", b"/v1/messages", [], None)
+    with mock.patch.object(stream_machine, "FrameScanner", scanner_class):
+        machine = StreamMachine(head, stream_settings(frame), now=0.0, jitter=lambda: 0.5)
+        apply(machine.start(now))
+        apply(machine.upstream_opened(now))
+        apply(machine.response_head(200, SSE_HEAD, now))
+        for index, chunk in enumerate(chunks):
+            wait(pauses.get(index, 0.0))
+            relayed.writes.append(machine.response_body(chunk, now))
+        wait(pauses.get(len(chunks), 0.0))
+    return relayed
+
+
+def as_a_conforming_client_reads(chunks: list[bytes]) -> list[bytes]:
+    """Without a leading BOM: the SDK's decoder keeps it, a WHATWG client drops it."""
+    return drop_prefix(chunks, len(BOM)) if b"".join(chunks).startswith(BOM) else chunks
+
+
+@st.composite
+def relay_cases(draw: st.DrawFn) -> tuple[bytes, list[bytes], dict[int, float]]:
+    stream, chunks = draw(streams_and_chunks(ANY_PREFIX))
+    pauses = {index % (len(chunks) + 1): gap for index, gap in draw(PAUSES)}
+    return stream, chunks, pauses
 
 
 @PROPERTIES
-@given(case=streams_and_chunks([b"", BOM]))
-@pytest.mark.parametrize("frame", [KEEPALIVE, PING_FRAME], ids=["comment", "ping"])
-def test_keepalives_at_boundaries_are_invisible(
-    scanner_class: Any, frame: bytes, case: tuple[bytes, list[bytes]]
+@given(case=relay_cases())
+@pytest.mark.parametrize("frame", list(KEEPALIVE_FRAMES.values()), ids=list(KEEPALIVE_FRAMES))
+def test_the_relays_keepalives_are_invisible_to_the_sdk(
+    scanner_class: Any, frame: bytes, case: tuple[bytes, list[bytes], dict[int, float]]
 ) -> None:
-    stream, chunks = case
-    has_bom = stream.startswith(BOM)
-    # Before a BOM nothing may go in (the relay strips the BOM then instead).
-    sent, inserted = relay_with_keepalives(
-        scanner_class, chunks, frame, lambda s: s.at_boundary, skip_start=has_bom
-    )
-    assert without_inserted(b"".join(sent), inserted, frame) == stream
-    # The SDK does not strip a BOM; a conforming client does, so give it what that sees.
-    skip = len(BOM) if has_bom else 0
-    assert sdk_events(drop_prefix(sent, skip)) == sdk_events(drop_prefix(chunks, skip))
+    stream, chunks, pauses = case
+    relayed = relay_through_machine(scanner_class, chunks, pauses, frame)
+    assert all(relayed.writes[i] == frame for i in relayed.keepalives)
+    keepalive_first = relayed.first_write() in relayed.keepalives
+    # Upstream's bytes go out untouched, but for a BOM the relay must drop when a
+    # keepalive went first (after one, it would no longer be at the stream's start).
+    upstream = relayed.upstream_part()
+    if upstream != stream:
+        # Or, when the stream so far is only a BOM's start, it waits for the rest.
+        waiting = len(stream) < len(BOM) and BOM.startswith(stream) and upstream == b""
+        assert keepalive_first
+        assert waiting or (stream.startswith(BOM) and upstream == stream[3:])
+        if waiting:
+            return  # nothing of upstream's is out yet: nothing for a client to read
+    sent = as_a_conforming_client_reads(relayed.writes)
+    assert sdk_reading(sent) == sdk_reading(as_a_conforming_client_reads(chunks))
 
 
-def test_negative_control_insertion_after_a_field_changes_events(scanner_class: Any) -> None:
-    """The SDK comparison above can fail: a frame inserted mid-frame is visible."""
-    chunks = [b"event: message_start\n", b'data: {"a": 1}\n\n', b"event: ping\n", b"\n"]
-    expected = sdk_events(chunks)
-    assert expected == [("message_start", '{"a": 1}', None, None)]
+def test_keepalives_go_in_at_frame_boundaries_only() -> None:
+    """A silence mid-frame gets no keepalive; one between frames gets one per interval;
+    the SDK sees upstream's events."""
+    chunks = [b"event: message_start\n", b'data: {"a": 1}\n\n', b"event: message_stop\n\n"]
+    relayed = relay_through_machine(PureScanner, chunks, {1: 1.5, 2: 2.2}, COMMENT_FRAME)
+    assert relayed.writes == [chunks[0], chunks[1], COMMENT_FRAME, COMMENT_FRAME, chunks[2]]
+    assert sdk_events(relayed.writes) == sdk_events(chunks)
 
-    naive, _ = relay_with_keepalives(
-        scanner_class, chunks, KEEPALIVE, lambda s: s.at_line_start, skip_start=False
-    )
-    assert sdk_events(naive) != expected
-    careful, inserted = relay_with_keepalives(
-        scanner_class, chunks, KEEPALIVE, lambda s: s.at_boundary, skip_start=False
-    )
-    assert sdk_events(careful) == expected
-    k = len(KEEPALIVE)
-    assert inserted == [0, k + len(b"".join(chunks[:2])), 2 * k + len(b"".join(chunks))]
+
+def test_negative_control_a_keepalive_inside_a_frame_changes_events() -> None:
+    """The SDK comparison above can fail: a keepalive after a field line is visible
+    (its blank line dispatches the frame early)."""
+    chunks = [b"event: message_start\n", b'data: {"a": 1}\n\n']
+    assert sdk_events(chunks) == [("message_start", '{"a": 1}', None, None)]
+    assert sdk_events([chunks[0], COMMENT_FRAME, chunks[1]]) != sdk_events(chunks)
+
+
+def test_a_bom_split_across_reads_after_a_keepalive_is_dropped() -> None:
+    """A keepalive before upstream's first byte, then a BOM split across reads: the
+    relay holds the BOM's start until it is whole, and drops it (after a keepalive a
+    client would read it as part of the first line)."""
+    stream = BOM + b'event: message_start\ndata: {"a": 1}\n\n'
+    chunks = [stream[:1], stream[1:]]
+    relayed = relay_through_machine(PureScanner, chunks, {0: 1.5}, COMMENT_FRAME)
+    assert relayed.writes[0] == COMMENT_FRAME
+    assert sdk_events(relayed.writes) == sdk_events(as_a_conforming_client_reads(chunks))

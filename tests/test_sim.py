@@ -20,9 +20,11 @@ import h11
 import httpx2
 import pytest
 
+from relay_sim.black_hole import BlackHole
 from relay_sim.script import SimScript
-from relay_sim.sim import CloseRecord
-from tests.clients import STALLED_BYTES, unsent_bytes, wait_for
+from relay_sim.state import CloseRecord
+from tests.clients import STALLED_BYTES, raw_stream, unsent_bytes, wait_for
+from tests.clients import script as sim_script
 from tests.h2client import RawH2Client
 from tests.simserver import SimServer
 
@@ -478,3 +480,126 @@ def test_bulk_waits_for_a_slow_reader_instead_of_buffering() -> None:
         peak = memory_mib("VmHWM")
     assert peak - before < 16, (before, peak)
     assert received > total
+
+
+def test_retry_after_headers_ride_on_an_error_answer_only(sim: SimServer) -> None:
+    """`retry_after` / `retry_after_ms` put the API's own wait headers on a status
+    answer (seconds as given, milliseconds), which the SDK reads; a 200 gets none."""
+    before = time.monotonic()
+    raw = _raw(sim, headers=_script(status=429, retry_after=2, retry_after_ms=1500))
+    assert raw.status == 429 and raw.complete
+    assert raw.headers[b"retry-after"] == b"2" and raw.headers[b"retry-after-ms"] == b"1500"
+    assert json.loads(raw.body)["error"]["type"] == "rate_limit_error"
+    assert before <= sim.requests[-1].received_at <= time.monotonic()
+    half = _raw(sim, headers=_script(status=529, retry_after=0.5))
+    assert half.headers[b"retry-after"] == b"0.5" and b"retry-after-ms" not in half.headers
+    with pytest.raises(anthropic.RateLimitError) as caught:
+        _sdk_stream(sim, status=429, retry_after_ms=250)
+    assert caught.value.response.headers["retry-after-ms"] == "250"
+    fine = _raw(sim, headers=_script(retry_after=2, retry_after_ms=1500))
+    assert fine.status == 200 and b"retry-after" not in fine.headers
+    assert b"retry-after-ms" not in fine.headers
+
+
+def test_bom_leads_the_first_frames_chunk(sim: SimServer) -> None:
+    """`bom` puts a UTF-8 BOM before the first frame, in the same chunk, and changes
+    nothing else."""
+    plain = _raw(sim)
+    raw = _raw(sim, headers=_script(bom=True))
+    assert raw.chunks[0][1] == b"\xef\xbb\xbf" + plain.chunks[0][1]
+    assert raw.body == b"\xef\xbb\xbf" + plain.body and raw.complete
+
+
+def test_body_delay_holds_the_first_byte_back_not_the_head(sim: SimServer) -> None:
+    """`body_delay` is silence between the response head and the body's first byte."""
+    with httpx2.stream(
+        "POST", sim.url + "/v1/messages", content=STREAM_BODY, headers=_script(body_delay=0.8)
+    ) as response:
+        head_at = time.monotonic()
+        chunks = response.iter_raw()
+        first = next(chunks)
+        first_at = time.monotonic()
+        rest = b"".join(chunks)
+    assert first.startswith(b"event: message_start\n")
+    assert first_at - head_at >= 0.4  # the head did not wait with the body
+    assert [name for name, _ in _frames(first + rest)] == ORDER
+
+
+def test_cut_json_after_ends_a_fixed_length_body_short(sim: SimServer) -> None:
+    """`cut_json_after` sends that many bytes of a non-streaming reply whose
+    Content-Length promises more, then drops the connection: a client sees a body
+    cut short, not a complete one."""
+    body = json.dumps(PARAMS).encode()
+    whole = httpx2.post(sim.url + "/v1/messages", content=body).content
+    script = json.dumps({"cut_json_after": 40}).encode()
+    with socket.create_connection(("127.0.0.1", sim.port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /v1/messages HTTP/1.1\r\nhost: sim\r\nx-sim-script: %s\r\n"
+            b"content-length: %d\r\n\r\n%s" % (script, len(body), body)
+        )
+        wire = b""
+        with contextlib.suppress(ConnectionResetError):
+            while data := sock.recv(1 << 16):
+                wire += data
+    head, _, received = wire.partition(b"\r\n\r\n")
+    assert b"\r\ncontent-length: %d\r\n" % len(whole) in head
+    assert received == whole[:40]
+    with pytest.raises(httpx2.RemoteProtocolError):
+        httpx2.post(sim.url + "/v1/messages", content=body, headers=_script(cut_json_after=40))
+
+
+def test_new_script_fields_are_validated() -> None:
+    for bad in (
+        {"retry_after": -1},
+        {"retry_after_ms": "soon"},
+        {"bom": 1},
+        {"body_delay": -0.5},
+        {"cut_json_after": 1.5},
+    ):
+        with pytest.raises(ValueError):
+            SimScript().override(json.dumps(bad))
+
+
+def test_black_hole_connects_neither_succeed_nor_fail() -> None:
+    """A connect to a black hole hangs until the caller's own timeout (no refusal, no
+    answer), every time; once closed, the port refuses."""
+    with BlackHole() as hole:
+        for _ in range(2):
+            with socket.socket() as sock:
+                sock.settimeout(0.3)
+                with pytest.raises(TimeoutError):
+                    sock.connect((hole.host, hole.port))
+    with pytest.raises(ConnectionRefusedError), socket.socket() as sock:
+        sock.connect((hole.host, hole.port))
+
+
+def test_cli_black_hole_prints_its_port_then_hangs_every_connect() -> None:
+    """`sse-relay sim --black-hole` says where it listens, then lets no connect finish,
+    until SIGTERM (exit 0)."""
+    command = [sys.executable, "-m", "relay_sim.sim", "--listen", "127.0.0.1:0", "--black-hole"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE) as proc:
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline().decode()
+            ready = r"sse-relay sim listening on http://127\.0\.0\.1:(\d+) \(black hole\)\n"
+            match = re.fullmatch(ready, line)
+            assert match, line
+            with socket.socket() as sock, pytest.raises(TimeoutError):
+                sock.settimeout(0.3)
+                sock.connect(("127.0.0.1", int(match[1])))
+        finally:
+            proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=5) == 0
+
+
+def test_comment_every_writes_comment_frames_inside_a_gap(sim: SimServer) -> None:
+    """`comment_every` fills a gap with `: keepalive` comments (as `ping_every` does with
+    pings, and both at once), so that a probe can check comments cross a path."""
+    body = raw_stream(sim.url, headers=sim_script(gaps=[[2, 1.0]], comment_every=0.3))[2]
+    assert body.count(b": keepalive\n\n") == 3
+    both = raw_stream(
+        sim.url, headers=sim_script(gaps=[[2, 1.0]], comment_every=0.3, ping_every=0.45)
+    )[2]
+    assert both.count(b": keepalive\n\n") == 3 and both.count(b"event: ping\n") == 2
+    with pytest.raises(ValueError, match="comment_every must be positive"):
+        SimScript(comment_every=0)

@@ -514,3 +514,15 @@ test_stream_machine_invariants = StreamModel.TestCase
 @pytest.mark.parametrize("eol", ["\n", "\r\n"])
 def test_the_recorded_streams_end_at_a_boundary(eol: str) -> None:
     assert at_boundary(messages_stream(eol))
+
+
+def test_a_held_bom_start_that_is_all_upstream_sent_still_reaches_the_client() -> None:
+    """After a keepalive, a lone b"\\xef" waits to see whether a BOM follows; when the
+    response ends there instead, those bytes are upstream's and go out before the end."""
+    stream = machine()
+    opened(stream)
+    stream.response_head(200, SSE_HEAD, 0.0)
+    assert kinds(stream.tick(1.0)) == [SendKeepalive, ArmTimer]
+    assert stream.response_body(b"\xef", 1.5) == b""
+    end = stream.response_end(1.6)
+    assert end[0] == SendBody(b"\xef") and EndResponse() in end

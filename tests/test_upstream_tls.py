@@ -24,7 +24,7 @@ def server_names() -> list[str | None]:
 def tls_sim(ca: trustme.CA, server_names: list[str | None]) -> Iterator[SimServer]:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("localhost").configure_cert(context)
-    context.sni_callback = lambda _sock, name, _ctx: server_names.append(name)  # type: ignore[assignment,misc,return-value]
+    context.sni_callback = lambda _sock, name, _ctx: server_names.append(name)
     with SimServer(ssl=context) as server:
         yield server
 

@@ -14,12 +14,14 @@ import signal
 import socket
 import ssl
 import threading
+from datetime import datetime
 from pathlib import Path
 
 import httpx2
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from relay.ops.supervisor import _Slot
 from tests.clients import (
     KEEPALIVE,
     MESSAGE_PARAMS,
@@ -34,6 +36,9 @@ from tests.relayproc import RelayProcess, run_cli
 from tests.simserver import SimServer
 
 _READY = re.compile(rb"worker (\d+) ready \(pid (\d+)\)")
+_RESTART = re.compile(
+    r"worker 1 \(pid \d+\) was killed by SIGKILL; starting a new one in ([\d.]+) s$"
+)
 # A worker's id, in a JSON log line ({"worker": 1, ...}) or a text one (worker=1 ...).
 _WORKER = re.compile(rb'^\{?"?worker"?[=:] ?(\d+)')
 
@@ -133,6 +138,52 @@ def test_a_killed_worker_spares_the_others_streams_and_is_replaced(sim: SimServe
         assert _relay_through(replacement, [holder, replacement], relay.port).startswith(
             b"HTTP/1.1 200 "
         )
+
+
+def _supervisor_lines(relay: RelayProcess) -> list[dict[str, object]]:
+    lines = [json.loads(line) for line in relay.stderr_text.splitlines() if line.startswith(b"{")]
+    return [line for line in lines if line.get("worker") == "supervisor"]
+
+
+def _seconds(stamp: object) -> float:
+    return datetime.fromisoformat(str(stamp).replace("Z", "+00:00")).timestamp()
+
+
+def test_a_worker_dying_again_and_again_is_restarted_ever_later(sim: SimServer) -> None:
+    """Restart backoff: a worker killed three times in a row is replaced after 0.2, then
+    0.4, then 0.8 s (logged, and waited out: each replacement starts no sooner), while
+    the other worker runs on untouched."""
+    with RelayProcess(sim.url, "--workers", "2") as relay:
+        first = _workers(relay)
+        for _ in range(3):
+            victim = _workers(relay)[1]
+            os.kill(victim, signal.SIGKILL)
+            wait_for(lambda: _workers(relay)[1] != victim, timeout=15.0)  # noqa: B023
+        assert _workers(relay)[2] == first[2]
+        lines = _supervisor_lines(relay)
+    deaths = [
+        (line, float(match[1])) for line in lines if (match := _RESTART.match(str(line["message"])))
+    ]
+    assert [delay for _, delay in deaths] == [0.2, 0.4, 0.8]
+    starts = [line for line in lines if str(line["message"]).startswith("started worker 1 ")]
+    assert len(starts) == 4  # the first start and three replacements
+    for (death, delay), start in zip(deaths, starts[1:], strict=True):
+        # Log stamps are truncated to milliseconds.
+        assert _seconds(start["time"]) - _seconds(death["time"]) >= delay - 0.005
+
+
+def test_restart_backoff_doubles_to_its_cap_and_starts_over_after_30_s() -> None:
+    """The schedule itself (sans-IO): 0.2 s doubling per death in a row, capped at 10 s;
+    a worker that ran 30 s before dying counts as a first death again."""
+    slot = _Slot(1)
+    delays = [slot.backoff(now=0.0) for _ in range(8)]
+    assert delays == [0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 10.0, 10.0]
+    slot.started = 100.0
+    assert slot.backoff(now=129.9) == 10.0  # ran 29.9 s: still in a row
+    slot.started = 200.0
+    assert slot.backoff(now=230.0) == 0.2  # ran 30 s: starts over
+    slot.started = 230.2  # its replacement, dying at once: in a row again
+    assert slot.backoff(now=230.5) == 0.4
 
 
 def _relay_through(pid: int, pids: list[int], port: int) -> bytes:

@@ -206,16 +206,34 @@ class StreamMachine(StreamState):
         self._last_byte = now
         scanner = self._scanner
         if scanner is not None:
-            if self.keepalives and not self.bytes_out and data.startswith(_BOM):
-                # A BOM only means something at the very start; a keepalive went first.
-                data = data[3:]
+            if self._at_start:  # until upstream's first bytes are settled
+                data = self._start_of_body(data)
             scanner.feed(data)
         self.bytes_out += len(data)
         return data
 
+    def _start_of_body(self, data: bytes) -> bytes:
+        """Upstream's first bytes. After a keepalive a leading BOM is dropped (it only
+        means something at the very start), also one split across reads, whose first
+        bytes wait here until it is whole or is no BOM."""
+        if not data:
+            return data
+        if not self.keepalives:
+            self._at_start = False  # nothing went first: a BOM is where it belongs
+            return data
+        data = self._held + data
+        if len(data) < len(_BOM) and _BOM.startswith(data):
+            self._held = data
+            return b""
+        self._held = b""
+        self._at_start = False
+        return data[len(_BOM) :] if data.startswith(_BOM) else data
+
     def response_end(self, now: float) -> list[Action]:
         if self._finished:
             return []
+        if self._held:  # a BOM's start and then the end: not a BOM, upstream's bytes
+            self._out.append(SendBody(self._held))
         self.upstream = Upstream.NONE
         scanner = self._scanner
         if scanner is not None and needs_truncation_error(scanner):

@@ -33,6 +33,7 @@ class StreamState:
     (relay/core/stream_machine.py) holds the transitions."""
 
     __slots__ = (
+        "_at_start",
         "_body",
         "_body_deadline",
         "_client_paused",
@@ -44,6 +45,7 @@ class StreamState:
         "_first_try_at",
         "_head_at",
         "_head_sent",
+        "_held",
         "_hold_body",
         "_jitter",
         "_last_byte",
@@ -92,6 +94,10 @@ class StreamState:
         self._client_paused = False
         self._client_paused_at = 0.0
         self._scanner: FrameScanner | None = None
+        # Until upstream's first body bytes are settled (a BOM after a keepalive), and
+        # the start of a BOM that came in a read of its own.
+        self._at_start = True
+        self._held = b""
         self._sse_compressed = False
         self._clock: KeepaliveClock | None = None
         self._timer_at = math.inf

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import socket
+import struct
 from http import HTTPStatus
 from typing import cast
 
@@ -47,6 +49,8 @@ log = logging.getLogger("sse_relay")
 _FOLDED_FRAMING = re.compile(
     rb"\n(?:content-length|transfer-encoding)[ \t]*:[^\n]*\n[ \t]", re.IGNORECASE
 )
+# SO_LINGER on, 0 s: close() sends RST.
+_RESET_ON_CLOSE = struct.pack("ii", 1, 0)
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
 _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 
@@ -362,8 +366,14 @@ class Http1Protocol(asyncio.Protocol):
 
     def abort(self) -> None:
         self._stream = None
-        if self._transport is not None:
-            self._transport.abort()
+        transport = self._transport
+        if transport is not None:
+            # A reset (RST), not a close (FIN): a client must not take what it got for
+            # a whole response, whatever its framing says.
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
+            transport.abort()
 
     def pause_request_body(self) -> None:
         if self._transport is not None:

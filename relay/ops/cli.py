@@ -1,5 +1,6 @@
 """`sse-relay`: run the relay (default), `sse-relay check-config` to validate and show the
-configuration, or `sse-relay sim` for the simulated upstream."""
+configuration, `sse-relay sim` for the simulated upstream, or `sse-relay probe URL` to
+find a network path's idle timeout."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="sse-relay",
         description="Byte-exact SSE relay for LLM APIs, with keepalives during upstream "
         "silence. `sse-relay check-config [flags]` prints the effective configuration; "
-        "`sse-relay sim --help` runs a simulated Messages API upstream.",
+        "`sse-relay sim --help` runs a simulated Messages API upstream; `sse-relay probe "
+        "--help` finds how long an idle stream survives on a network path.",
     )
     parser.add_argument(
         "--version",
@@ -35,6 +37,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from relay_sim import sim
 
         return sim.main(args_list[1:])
+    if args_list[:1] == ["probe"]:
+        from relay.ops import probe
+
+        return probe.main(args_list[1:])
     if args_list[:1] == ["check-config"]:
         from relay.ops import check_config
 

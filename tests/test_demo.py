@@ -1,0 +1,56 @@
+"""`make demo` (scripts/demo.py): both outcomes shown, the relay's log kept aside, and
+the whole demo quick enough to run while someone watches."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_demo_shows_the_kill_and_the_rescue() -> None:
+    began = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "demo.py")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    took = time.monotonic() - began
+    out = done.stdout
+    assert done.returncode == 0, out + done.stderr
+    assert took < 60, f"the demo took {took:.0f} s"  # it should take about 12
+    bare, fronted = out.split("\n2. ", 1)
+
+    # Without the relay: killed mid-response, seen as the SDK's own exception.
+    assert "1. client -> idle-killing proxy (4 s) -> upstream, no relay" in bare
+    assert "content_block_delta (thinking_delta)" in bare
+    assert re.search(r"\d+\.\d\d s  the SDK raised httpx2\.\w+Error: ", bare), bare
+    assert "message_stop" not in bare and ": keepalive" not in bare
+
+    # With it: keepalives cross the 6 s silence, each at its arrival time, and the turn
+    # completes.
+    arrivals = [float(t) for t in re.findall(r"(\d+\.\d\d) s  : keepalive", fronted)]
+    assert len(arrivals) >= 3, fronted
+    assert arrivals == sorted(arrivals) and arrivals[-1] - arrivals[0] >= 2
+    assert "message_stop" in fronted and "the turn completed" in fronted
+    assert "SDK raised" not in fronted
+    assert "Without the relay: killed mid-response" in out
+    assert "= a 60 s AWS ALB idle timeout" in out and "= a 90 s extended-thinking pause" in out
+
+    # The relay's JSON log is in the file the demo names, not in its output.
+    assert '"level"' not in out and done.stderr == ""
+    match = re.search(r"The relay's JSON log: (\S+)", out)
+    assert match, out
+    lines = [json.loads(line) for line in Path(match.group(1)).read_text().splitlines()]
+    access = [line for line in lines if line["logger"] == "sse_relay.access"]
+    assert len(access) == 1 and access[0]["outcome"] == "completed"
+    assert access[0]["keepalives"] == len(arrivals)
+    shutil.rmtree(Path(match.group(1)).parent)  # kept for a person, not for a test run
