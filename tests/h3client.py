@@ -46,20 +46,26 @@ class H3Client(QuicConnectionProtocol):
         self,
         script: dict[str, object] | None = None,
         extra_headers: list[tuple[bytes, bytes]] | None = None,
+        *,
+        method: bytes = b"POST",
+        path: bytes = b"/v1/messages",
     ) -> int:
-        """POSTs a streaming Messages request; returns its stream id."""
+        """Sends a request (by default a streaming Messages POST); returns its stream id."""
         stream_id = self._quic.get_next_available_stream_id()
         headers = [
-            (b":method", b"POST"),
+            (b":method", method),
             (b":scheme", b"https"),
             (b":authority", b"localhost"),
-            (b":path", b"/v1/messages"),
+            (b":path", path),
             (b"content-type", b"application/json"),
             (b"x-sim-script", json.dumps(script or {}).encode()),
             *(extra_headers or ()),
         ]
-        self.h3.send_headers(stream_id, headers)
-        self.h3.send_data(stream_id, STREAM_BODY, end_stream=True)
+        if method != b"POST":
+            self.h3.send_headers(stream_id, headers, end_stream=True)
+        else:
+            self.h3.send_headers(stream_id, headers)
+            self.h3.send_data(stream_id, STREAM_BODY, end_stream=True)
         self.data[stream_id] = bytearray()
         self.transmit()
         return stream_id

@@ -526,3 +526,29 @@ def test_a_held_bom_start_that_is_all_upstream_sent_still_reaches_the_client() -
     assert stream.response_body(b"\xef", 1.5) == b""
     end = stream.response_end(1.6)
     assert end[0] == SendBody(b"\xef") and EndResponse() in end
+
+
+def test_a_detached_resumable_stream_goes_on_for_the_grace_then_aborts() -> None:
+    """A resumable stream's client left: no keepalives into the journal, upstream kept
+    until the grace period ends (then aborted); a resume before that cancels it."""
+    stream = machine()
+    opened(stream)
+    stream.response_head(200, SSE_HEAD, 0.1)
+    stream.response_body(frame("ping", {"type": "ping"}), 0.2)  # a whole frame
+    assert stream.client_detached(0.3)[-1] == ArmTimer(0.3 + SETTINGS.resume_grace)
+    assert SendKeepalive not in kinds(stream.tick(5.0))  # nobody to keep alive
+    assert stream.client_attached(6.0) == [ArmTimer(6.0)]
+    assert kinds(stream.tick(6.0)) == [SendKeepalive, ArmTimer]  # due again: 5.9 s quiet
+    stream.client_detached(7.0)
+    ended = stream.tick(7.0 + SETTINGS.resume_grace)
+    assert kinds(ended) == [AbortUpstream, Finish]
+    assert finish(ended).record.outcome is Outcome.CLIENT_ABORT
+
+
+def test_cancel_resets_the_client_and_aborts_upstream() -> None:
+    stream = machine()
+    opened(stream)
+    stream.response_head(200, SSE_HEAD, 0.1)
+    actions = stream.cancel(0.2)
+    assert kinds(actions) == [ResetClient, AbortUpstream, Finish]
+    assert stream.cancel(0.3) == []

@@ -111,6 +111,15 @@ class HeadersTooLarge(BadRequest):
     status = 431
 
 
+class StreamNotFound(RelayError):
+    """No resumable stream by that id for this caller (unknown, expired, or another
+    caller's: all look the same, so that ids cannot be probed)."""
+
+    status = 404
+    error_type = "not_found_error"
+    retryable = False
+
+
 class HeaderTimeout(RelayError):
     """The request head did not arrive in time (slowloris)."""
 

@@ -70,6 +70,8 @@ def upstream_request_headers(
     out: Headers = [(b"host", authority)]
     forwarded: list[bytes] = []
     for name, value in end_to_end(headers):
+        if name.startswith(b"relay-"):
+            continue  # the relay's own (relay-resumable): for this hop only
         if name == b"x-forwarded-for":
             forwarded.append(value)
         elif name == b"accept-encoding" and identity_encoding:

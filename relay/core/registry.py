@@ -10,8 +10,11 @@ import asyncio
 from collections.abc import Callable
 
 from relay.core.errors import Overloaded, RelayError
-from relay.core.exchange import ClientSide, RequestHead
+from relay.core.exchange import ClientSide, EdgeStream, RequestHead
 from relay.core.request_rules import check_request
+from relay.core.resumable import ResumableClient
+from relay.core.resume_request import ResumeRequest
+from relay.core.resume_store import RESUME_PREFIX, ResumableEntry, ResumeStore, wants_resume
 from relay.core.stream import RelayStream
 from relay.ops.metrics import RelayMetrics
 from relay.upstream.routes import UpstreamRoutes
@@ -20,8 +23,15 @@ from relay.upstream.routes import UpstreamRoutes
 class StreamRegistry:
     """Opens relay streams for the adapters, counts them, and drains them."""
 
-    def __init__(self, routes: UpstreamRoutes, metrics: RelayMetrics, max_streams: int) -> None:
+    def __init__(
+        self,
+        routes: UpstreamRoutes,
+        metrics: RelayMetrics,
+        max_streams: int,
+        resume: ResumeStore | None = None,
+    ) -> None:
         self._routes = routes
+        self._resume = resume
         self._metrics = metrics
         self._max_streams = max_streams
         self.active: set[RelayStream] = set()
@@ -29,15 +39,34 @@ class StreamRegistry:
         #: Called when a drain starts (HTTP/2 connections send GOAWAY).
         self.on_drain: set[Callable[[], None]] = set()
 
-    def open(self, client: ClientSide, head: RequestHead) -> RelayStream:
+    def open(self, client: ClientSide, head: RequestHead) -> EdgeStream:
         """A stream for the adapter to keep, its route resolved once; `start` it once the
-        adapter holds it."""
+        adapter holds it. A request under RESUME_PREFIX is one for a resumable stream."""
+        resume = self._resume
+        if resume is not None and head.target.startswith(RESUME_PREFIX):
+            return ResumeRequest(client, head, resume, self._metrics)
         route = self._routes.match(head.target)
-        return RelayStream(
-            client, head, route.settings, route.open_upstream, self._metrics, self.active
+        made = resume.new_journal() if resume is not None and wants_resume(head.headers) else None
+        if resume is None or made is None:
+            return RelayStream(
+                client, head, route.settings, route.open_upstream, self._metrics, self.active
+            )
+        stream_id, journal = made
+        side = ResumableClient(client, journal, stream_id)
+        stream = RelayStream(
+            side,
+            head,
+            route.settings,
+            route.open_upstream,
+            self._metrics,
+            self.active,
+            on_finish=lambda outcome: resume.finished(stream_id, outcome),
         )
+        resume.add(stream_id, ResumableEntry(stream, side, resume.owner_of(head.headers)))
+        self._metrics.resumable_started()
+        return stream
 
-    def start(self, stream: RelayStream) -> None:
+    def start(self, stream: EdgeStream) -> None:
         """Relay the stream, or refuse it at once (a request upstream must not get as it
         is, draining, over the stream limit)."""
         try:
@@ -45,7 +74,9 @@ class StreamRegistry:
         except RelayError as error:
             stream.refuse(error)
             return
-        if self.draining:
+        if isinstance(stream, ResumeRequest):
+            stream.start()  # takes no stream slot: the stream it resumes has one
+        elif self.draining:
             stream.refuse(Overloaded("sse-relay is restarting; retry the request"))
         elif len(self.active) > self._max_streams:
             stream.refuse(Overloaded(f"sse-relay is at its limit of {self._max_streams} streams"))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections.abc import Callable
 
 from relay.core.errors import RelayError, UpstreamLost
 from relay.core.exchange import (
@@ -22,6 +23,7 @@ from relay.core.exchange import (
     StreamSettings,
     UpstreamExchange,
 )
+from relay.core.resumable import ResumableClient
 from relay.core.stream_actions import (
     AbortUpstream,
     Action,
@@ -41,6 +43,7 @@ from relay.core.stream_actions import (
     OpenUpstream as OpenAction,
 )
 from relay.core.stream_machine import StreamMachine
+from relay.core.stream_record import Outcome
 from relay.core.stream_state import Upstream
 from relay.ops.access_log import log_stream
 from relay.ops.metrics import RelayMetrics
@@ -58,7 +61,9 @@ class RelayStream:
         "_loop",
         "_machine",
         "_metrics",
+        "_on_finish",
         "_open_upstream",
+        "_resumable",
         "_retry",
         "_timer",
         "_upstream",
@@ -72,8 +77,12 @@ class RelayStream:
         open_upstream: OpenUpstream,
         metrics: RelayMetrics,
         active: set[RelayStream],
+        on_finish: Callable[[Outcome], None] | None = None,
     ) -> None:
         self._client = client
+        # The same object as `_client` when the stream is resumable, typed as such.
+        self._resumable = client if isinstance(client, ResumableClient) else None
+        self._on_finish = on_finish
         self._metrics = metrics
         self._active = active
         self._loop = asyncio.get_running_loop()
@@ -113,8 +122,30 @@ class RelayStream:
         self._run(self._machine.request_end(self._loop.time()))
 
     def on_client_gone(self) -> None:
-        """The client closed or reset: stop upstream at once so no tokens are wasted."""
-        self._run(self._machine.client_gone(self._loop.time()))
+        """The client closed or reset: stop upstream at once so no tokens are wasted, or
+        for a resumable stream, go on into its journal for the grace period."""
+        resumable = self._resumable
+        if resumable is not None and resumable.resumable:
+            resumable.detach()
+            self._run(self._machine.client_detached(self._loop.time()))
+        else:
+            self._run(self._machine.client_gone(self._loop.time()))
+
+    def attach(self, client: ClientSide, offset: int) -> int | None:
+        """A resume: `client` takes the stream over from body byte `offset`; the bytes
+        replayed, or None if that offset cannot be served."""
+        assert self._resumable is not None
+        replayed = self._resumable.attach(client, offset)
+        if replayed is not None and not self._machine.finished:
+            self._run(self._machine.client_attached(self._loop.time()))
+        return replayed
+
+    def is_attached(self, client: ClientSide) -> bool:
+        return self._resumable is not None and self._resumable.client is client
+
+    def cancel(self) -> None:
+        """The client asked to stop paying: upstream is aborted now."""
+        self._run(self._machine.cancel(self._loop.time()))
 
     def on_client_paused(self) -> None:
         self._run(self._machine.client_paused(self._loop.time()))
@@ -186,6 +217,8 @@ class RelayStream:
                     if refused is not None:
                         self._metrics.refused(refused)
                     log_stream(record)
+                    if self._on_finish is not None:
+                        self._on_finish(record.outcome)
 
     def _set_timer(self, at: float) -> None:
         if self._timer is not None:

@@ -22,8 +22,6 @@ from relay.core.errors import (
     Overloaded,
     RelayError,
     UpstreamTimeout,
-    error_response,
-    new_request_id,
 )
 from relay.core.exchange import Headers
 from relay.core.headers import header_value, relayed_response_headers
@@ -123,6 +121,29 @@ class StreamMachine(StreamState):
     def client_gone(self, now: float) -> list[Action]:
         """The client closed or reset: stop upstream at once so no tokens are wasted."""
         if not self._finished:
+            self._finish(Outcome.CLIENT_ABORT)
+        return self._take(now)
+
+    def client_detached(self, now: float) -> list[Action]:
+        """A resumable stream's client left: upstream goes on for the grace period, into
+        the journal only (no keepalives: nobody is there); a resume attaches again."""
+        if self._finished:
+            return []
+        self._grace_deadline = now + self._settings.resume_grace
+        out = self.client_resumed(now) if self._client_paused else []
+        self._arm(self._grace_deadline)
+        return out + self._take(now)
+
+    def client_attached(self, now: float) -> list[Action]:
+        """A resume took the stream over: no more grace deadline."""
+        self._grace_deadline = math.inf
+        self._arm(now)  # the next keepalive decision is due from here on
+        return self._take(now)
+
+    def cancel(self, now: float) -> list[Action]:
+        """The client asked to stop paying (DELETE on the stream): end it now."""
+        if not self._finished:
+            self._out.append(RESET_CLIENT)
             self._finish(Outcome.CLIENT_ABORT)
         return self._take(now)
 
@@ -334,15 +355,6 @@ class StreamMachine(StreamState):
             self._out.append(RESET_CLIENT)
         self._finish(Outcome.COMPLETED if complete else outcome, None if self._head_sent else error)
 
-    def _send_error_response(self, error: RelayError) -> None:
-        self._request_id = new_request_id()
-        headers, body = error_response(error, self._request_id)
-        self._head_sent = True
-        self._status = error.status
-        self._out.append(SendHead(error.status, headers))
-        self._out.append(SendBody(body))
-        self._out.append(END_RESPONSE)
-
     def _finish(self, outcome: Outcome, answer: RelayError | None = None) -> None:
         """The one place a stream ends (once); `Finish` closes this input's actions."""
         if self._finished:
@@ -355,6 +367,10 @@ class StreamMachine(StreamState):
             self._status = answer.status
 
     def _on_tick(self, now: float) -> None:
+        if now >= self._grace_deadline:
+            log.info("ended %s %s: no client resumed it in time", *self.describe())
+            self._finish(Outcome.CLIENT_ABORT)
+            return
         if now >= self._body_deadline:
             timeout = self._settings.body_timeout
             self._abort_upstream()
@@ -379,7 +395,7 @@ class StreamMachine(StreamState):
             return
         next_check = deadline
         clock, scanner = self._clock, self._scanner
-        if clock is not None and scanner is not None:
+        if clock is not None and scanner is not None and self._grace_deadline == math.inf:
             decision = clock.decide(now, self._last_byte, scanner.at_boundary, interval)
             if decision.write:
                 self.keepalives += 1

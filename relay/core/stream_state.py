@@ -11,11 +11,19 @@ import random
 from collections.abc import Callable
 from enum import Enum
 
-from relay.core.errors import UpstreamLost
+from relay.core.errors import RelayError, UpstreamLost, error_response, new_request_id
 from relay.core.exchange import RequestHead, StreamSettings
 from relay.core.keepalive import KeepaliveClock
 from relay.core.request_body import RequestBody
-from relay.core.stream_actions import ABORT_UPSTREAM, Action, ArmTimer, Finish
+from relay.core.stream_actions import (
+    ABORT_UPSTREAM,
+    END_RESPONSE,
+    Action,
+    ArmTimer,
+    Finish,
+    SendBody,
+    SendHead,
+)
 from relay.core.stream_record import Outcome, StreamRecord
 from relay.sse.scanner import FrameScanner
 
@@ -43,6 +51,7 @@ class StreamState:
         "_finish_pending",
         "_finished",
         "_first_try_at",
+        "_grace_deadline",
         "_head_at",
         "_head_sent",
         "_held",
@@ -85,6 +94,8 @@ class StreamState:
         self._body = RequestBody(settings.max_body_bytes)
         # While a request body is incomplete and unanswered: when it times out.
         self._body_deadline = math.inf
+        # A resumable stream whose client left: when it ends unless a client comes back.
+        self._grace_deadline = math.inf
         # With a body policy the whole body is needed before anything goes upstream.
         self._hold_body = settings.body_policy.active and head.method == b"POST"
         self._head_sent = False
@@ -175,7 +186,7 @@ class StreamState:
             self._out.append(ABORT_UPSTREAM)
 
     def _arm(self, when: float) -> None:
-        when = min(when, self._body_deadline)
+        when = min(when, self._body_deadline, self._grace_deadline)
         if when != self._timer_at:
             self._timer_at = when
             self._out.append(ArmTimer(when))
@@ -187,3 +198,12 @@ class StreamState:
             f"{self._frames()} events: {reason}",
             detail,
         )
+
+    def _send_error_response(self, error: RelayError) -> None:
+        self._request_id = new_request_id()
+        headers, body = error_response(error, self._request_id)
+        self._head_sent = True
+        self._status = error.status
+        self._out.append(SendHead(error.status, headers))
+        self._out.append(SendBody(body))
+        self._out.append(END_RESPONSE)

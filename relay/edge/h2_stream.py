@@ -13,8 +13,7 @@ import h2.connection
 import h2.exceptions
 from h2.errors import ErrorCodes
 
-from relay.core.exchange import Headers
-from relay.core.stream import RelayStream
+from relay.core.exchange import EdgeStream, Headers
 from relay.edge.h2_endpoint import SendQueue, send_queued
 
 
@@ -54,7 +53,7 @@ class H2ClientStream:
     def __init__(self, owner: StreamOwner, stream_id: int) -> None:
         self._owner = owner
         self.id = stream_id
-        self.relay: RelayStream | None = None
+        self.relay: EdgeStream | None = None
         self._pending: SendQueue = deque()
         self._ended = False
         self._paused = False

@@ -35,9 +35,8 @@ from aioquic.quic.events import (
 from aioquic.quic.stream import QuicStreamSender
 
 from relay.core.errors import BadRequest, HeadersTooLarge
-from relay.core.exchange import Headers, RequestHead
+from relay.core.exchange import EdgeStream, Headers, RequestHead
 from relay.core.headers import split_request_fields
-from relay.core.stream import RelayStream
 from relay.edge.context import EdgeContext
 from relay.edge.quic import QuicListener, QuicSession
 from relay.ops.config import RelayConfig
@@ -130,7 +129,7 @@ class H3ClientStream:
         self._owner = owner
         self._sender = sender
         self.id = stream_id
-        self.relay: RelayStream | None = None
+        self.relay: EdgeStream | None = None
         self.paused = False
         self.request_ended = False
 

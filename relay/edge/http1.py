@@ -26,9 +26,8 @@ from relay.core.errors import (
     error_response,
     new_request_id,
 )
-from relay.core.exchange import Headers, RequestHead
+from relay.core.exchange import EdgeStream, Headers, RequestHead
 from relay.core.headers import header_value
-from relay.core.stream import RelayStream
 from relay.edge.context import EdgeContext
 from relay.ops.access_log import redact_text
 from relay.upstream.body_decoder import NO_BODY_STATUS
@@ -94,7 +93,7 @@ class Http1Protocol(asyncio.Protocol):
         self._raw_head = b""
         self._lingering = False
         self._client_ip: str | None = None
-        self._stream: RelayStream | None = None
+        self._stream: EdgeStream | None = None
         self._method = b""
         # True when we frame the body ourselves as chunked (the hot path skips h11).
         self._chunked = False

@@ -50,6 +50,10 @@ class RelayConfig:
     max_body_bytes: int = 32 * 1024 * 1024
     header_timeout: float = 30.0
     body_timeout: float = 60.0
+    resume_grace: float = 60.0
+    resume_retain: float = 300.0
+    resume_max_bytes: int = 16 * 1024 * 1024
+    resume_max_total: int = 1024 * 1024 * 1024
     max_streams: int = 10_000
     retry_attempts: int = 3
     retry_budget: float = 10.0

@@ -118,6 +118,23 @@ class RelayMetrics:
             ["reason"],
             registry=registry,
         )
+        self._resumable = Counter(
+            "sse_relay_resumable_streams",
+            "Streams opened resumable (relay-resumable: 1)",
+            registry=registry,
+        )
+        self._resumes = Counter(
+            "sse_relay_resumes",
+            "Resume and cancel requests, by outcome: resumed, cancelled, not_found_error "
+            "(unknown, expired or another caller's), invalid_request_error (bad offset)",
+            ["outcome"],
+            registry=registry,
+        )
+        self._replayed = Counter(
+            "sse_relay_resume_replayed_bytes",
+            "Journal bytes sent again to resuming clients",
+            registry=registry,
+        )
         self._sse_compressed = Counter(
             "sse_relay_sse_compressed",
             "SSE responses that arrived content-encoded and so took no keepalives",
@@ -194,6 +211,14 @@ class RelayMetrics:
     def connection_closed(self, reason: str) -> None:
         """A client connection closed as hostile (`HOSTILE_CLOSE_REASONS`)."""
         self._hostile.labels(reason).inc()
+
+    def resumable_started(self) -> None:
+        self._resumable.inc()
+
+    def resumed(self, outcome: str, replayed: int = 0) -> None:
+        """A resume request answered (`outcome`), with `replayed` journal bytes."""
+        self._resumes.labels(outcome).inc()
+        self._replayed.inc(replayed)
 
     def quic_dropped(self) -> None:
         self._quic_dropped.inc()

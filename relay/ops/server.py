@@ -11,6 +11,7 @@ import ssl
 
 from relay import __version__
 from relay.core.registry import StreamRegistry
+from relay.core.resume_store import ResumeLimits, ResumeStore
 from relay.edge.context import EdgeContext
 from relay.edge.h3 import serve_h3
 from relay.edge.listener import FirstBytesProtocol
@@ -120,7 +121,15 @@ async def serve(config: RelayConfig, worker_id: int | None = None) -> None:
     loop = asyncio.get_running_loop()
     routes = UpstreamRoutes(config)
     metrics = RelayMetrics()
-    streams = StreamRegistry(routes, metrics, config.max_streams)
+    resume = ResumeStore(
+        ResumeLimits(
+            config.resume_grace,
+            config.resume_retain,
+            config.resume_max_bytes,
+            config.resume_max_total,
+        )
+    )
+    streams = StreamRegistry(routes, metrics, config.max_streams, resume)
     context = EdgeContext(config, streams, metrics)
     servers = [
         await loop.create_server(
@@ -174,4 +183,5 @@ async def serve(config: RelayConfig, worker_id: int | None = None) -> None:
         if quic is not None:
             quic.close()
         routes.close()
+        resume.close()
         log.info("sse-relay stopped")

@@ -169,6 +169,28 @@ SETTINGS: tuple[Setting, ...] = (
         "longest pause in a request body before the answer starts, 408 past it (60)",
         "SECONDS",
     ),
+    Setting(
+        "resume-grace",
+        _positive_seconds,
+        "a resumable stream whose client left reads upstream this long for a resume (60)",
+        "SECONDS",
+    ),
+    Setting(
+        "resume-retain",
+        _positive_seconds,
+        "a resumable stream that ended can be resumed this long after (300)",
+        "SECONDS",
+    ),
+    Setting(
+        "resume-max-bytes",
+        _positive_int,
+        "journal per resumable stream; past it the stream is no longer resumable (16777216)",
+    ),
+    Setting(
+        "resume-max-total",
+        _positive_int,
+        "journals in all; past it new streams are not made resumable (1073741824)",
+    ),
     Setting("max-streams", _positive_int, "concurrent streams, 503 past it (10000)"),
     Setting("retry-attempts", _positive_int, "upstream tries per request, first included (3)"),
     Setting(

@@ -39,6 +39,7 @@ def stream_settings(config: RelayConfig) -> StreamSettings:
             statuses=config.retry_statuses,
         ),
         body_policy=BodyPolicy(config.deny_params, config.on_deny),
+        resume_grace=config.resume_grace,
     )
 
 

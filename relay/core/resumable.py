@@ -1,0 +1,94 @@
+"""A resumable stream's side towards its clients: whichever connection holds it now.
+
+`ResumableClient` is the `ClientSide` a resumable `RelayStream` writes to. Every body
+byte also goes into the stream's `Journal`; the connection that opened the stream may
+drop, and a later resume request (relay/core/resume_request.py) attaches another one,
+which gets the journal from its offset and then the live tail.
+"""
+
+from __future__ import annotations
+
+from relay.core.exchange import ClientSide, Headers
+from relay.core.journal import Ending, Journal
+
+#: The response header that names a resumable stream (its id, at least 128 random bits).
+STREAM_ID_HEADER = b"relay-stream-id"
+
+
+class ResumableClient:
+    """Journals what the stream writes and forwards it to the attached client, if any."""
+
+    __slots__ = ("_head", "client", "journal", "stream_id")
+
+    def __init__(self, client: ClientSide, journal: Journal, stream_id: str) -> None:
+        #: The connection that takes the stream now; None while detached.
+        self.client: ClientSide | None = client
+        self.journal = journal
+        self.stream_id = stream_id
+        self._head: tuple[int, Headers] | None = None
+
+    # -- ClientSide -------------------------------------------------------------------
+
+    def send_head(self, status: int, headers: Headers) -> None:
+        if 200 <= status < 300:
+            headers = [*headers, (STREAM_ID_HEADER, self.stream_id.encode())]
+        self._head = (status, headers)
+        if self.client is not None:
+            self.client.send_head(status, headers)
+
+    def send_body(self, data: bytes) -> None:
+        self.journal.append(data)
+        if self.client is not None:
+            self.client.send_body(data)
+
+    def send_end(self) -> None:
+        self.journal.ending = Ending.END
+        if self.client is not None:
+            self.client.send_end()
+
+    def abort(self) -> None:
+        self.journal.ending = Ending.RESET
+        client, self.client = self.client, None
+        if client is not None:
+            client.abort()
+
+    def pause_request_body(self) -> None:
+        if self.client is not None:
+            self.client.pause_request_body()
+
+    def resume_request_body(self) -> None:
+        if self.client is not None:
+            self.client.resume_request_body()
+
+    # -- taking the stream over -------------------------------------------------------
+
+    @property
+    def resumable(self) -> bool:
+        """A response whose every byte is still in the journal, started with a 2xx."""
+        head = self._head
+        return head is not None and 200 <= head[0] < 300 and not self.journal.overflowed
+
+    def detach(self) -> None:
+        self.client = None
+
+    def attach(self, client: ClientSide, offset: int) -> int | None:
+        """Give the stream to `client` from body byte `offset`: the head, the journal
+        from there, and its end if it has one. The bytes replayed, or None if `offset`
+        cannot be served (nothing is written to `client` then)."""
+        replay = self.journal.since(offset)
+        if replay is None or self._head is None:
+            return None
+        previous, self.client = self.client, None
+        if previous is not None:
+            previous.abort()  # taken over: the newest resumer has the stream
+        client.send_head(*self._head)
+        for chunk in replay:
+            client.send_body(chunk)
+        ending = self.journal.ending
+        if ending is Ending.END:
+            client.send_end()
+        elif ending is Ending.RESET:
+            client.abort()
+        else:
+            self.client = client
+        return sum(len(chunk) for chunk in replay)

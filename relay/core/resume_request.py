@@ -1,0 +1,121 @@
+"""A request for a resumable stream: `GET PREFIX/{id}` takes it over from an offset,
+`DELETE PREFIX/{id}` cancels it. Any HTTP version: adapters drive it like a stream.
+
+The offset is the number of response body bytes the client already has, keepalives
+included, as `?offset=N` or the `relay-resume-offset` header. The answer is the
+original response head, the journal from that offset, then the live tail.
+"""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import parse_qs
+
+from relay.core.errors import (
+    BadRequest,
+    MethodNotAllowed,
+    RelayError,
+    StreamNotFound,
+    error_response,
+    new_request_id,
+)
+from relay.core.exchange import ClientSide, RequestHead
+from relay.core.headers import header_value
+from relay.core.resume_store import RESUME_PREFIX, ResumableEntry, ResumeStore, short_id
+from relay.ops.metrics import RelayMetrics
+
+log = logging.getLogger("sse_relay")
+_OFFSET_HEADER = b"relay-resume-offset"
+
+
+class ResumeRequest:
+    """One resume or cancel request, as an adapter's stream."""
+
+    def __init__(
+        self, client: ClientSide, head: RequestHead, store: ResumeStore, metrics: RelayMetrics
+    ) -> None:
+        self._client = client
+        self.head = head
+        self._store = store
+        self._metrics = metrics
+        self._entry: ResumableEntry | None = None
+        self._answered = False
+
+    def start(self) -> None:
+        try:
+            self._serve()
+        except RelayError as error:
+            self.refuse(error)
+
+    def refuse(self, error: RelayError) -> None:
+        if self._answered:
+            return
+        self._answered = True
+        self._metrics.resumed(error.error_type)
+        headers, body = error_response(error, new_request_id())
+        self._client.send_head(error.status, headers)
+        self._client.send_body(body)
+        self._client.send_end()
+
+    def _serve(self) -> None:
+        path, _, query = self.head.target.partition(b"?")
+        stream_id = path[len(RESUME_PREFIX) :].decode("ascii", "replace")
+        entry = self._store.find(stream_id, self._store.owner_of(self.head.headers))
+        if entry is None:
+            raise StreamNotFound("no resumable stream by that id")
+        if self.head.method == b"DELETE":
+            log.info("cancelled stream %s at its client's request", short_id(stream_id))
+            entry.stream.cancel()
+            self._answered = True
+            self._metrics.resumed("cancelled")
+            self._client.send_head(204, [(b"content-length", b"0")])
+            self._client.send_end()
+            return
+        if self.head.method != b"GET":
+            raise MethodNotAllowed("a resumable stream takes GET (resume) or DELETE (cancel)")
+        offset = self._offset(query)
+        replayed = entry.stream.attach(self._client, offset)
+        if replayed is None:
+            raise BadRequest(
+                f"offset {offset} is not in the stream's journal "
+                f"({entry.client.journal.size} bytes written)"
+            )
+        self._answered = True
+        self._entry = entry
+        entry.resumes += 1
+        self._metrics.resumed("resumed", replayed)
+        log.info(
+            "resumed stream %s at byte %d (%d replayed)", short_id(stream_id), offset, replayed
+        )
+
+    def _offset(self, query: bytes) -> int:
+        raw = header_value(self.head.headers, _OFFSET_HEADER)
+        if raw is None:
+            values = parse_qs(query.decode("ascii", "replace")).get("offset", ["0"])
+            raw = values[0].encode()
+        if not raw.isdigit():
+            raise BadRequest("the offset must be a whole number of bytes")
+        return int(raw)
+
+    # -- as an adapter drives a stream -------------------------------------------------
+
+    def on_request_body(self, data: bytes) -> None:
+        pass  # a resume request has no body worth anything
+
+    def on_request_end(self) -> None:
+        pass
+
+    def on_client_gone(self) -> None:
+        entry = self._entry
+        if entry is not None and entry.stream.is_attached(self._client):
+            entry.stream.on_client_gone()  # detached again, the grace period anew
+
+    def on_client_paused(self) -> None:
+        entry = self._entry
+        if entry is not None and entry.stream.is_attached(self._client):
+            entry.stream.on_client_paused()
+
+    def on_client_resumed(self) -> None:
+        entry = self._entry
+        if entry is not None and entry.stream.is_attached(self._client):
+            entry.stream.on_client_resumed()
