@@ -46,8 +46,6 @@ from relay.sse.scanner import FrameScanner
 
 log = logging.getLogger("sse_relay")
 
-_BOM = b"\xef\xbb\xbf"
-
 
 class StreamMachine(StreamState):
     """One exchange: request to upstream, response back, keepalives in between."""
@@ -227,28 +225,12 @@ class StreamMachine(StreamState):
         self._last_byte = now
         scanner = self._scanner
         if scanner is not None:
+            # Fed as upstream sent it: a BOM the relay drops still marks the start.
+            scanner.feed(data)
             if self._at_start:  # until upstream's first bytes are settled
                 data = self._start_of_body(data)
-            scanner.feed(data)
         self.bytes_out += len(data)
         return data
-
-    def _start_of_body(self, data: bytes) -> bytes:
-        """Upstream's first bytes. After a keepalive a leading BOM is dropped (it only
-        means something at the very start), also one split across reads, whose first
-        bytes wait here until it is whole or is no BOM."""
-        if not data:
-            return data
-        if not self.keepalives:
-            self._at_start = False  # nothing went first: a BOM is where it belongs
-            return data
-        data = self._held + data
-        if len(data) < len(_BOM) and _BOM.startswith(data):
-            self._held = data
-            return b""
-        self._held = b""
-        self._at_start = False
-        return data[len(_BOM) :] if data.startswith(_BOM) else data
 
     def response_end(self, now: float) -> list[Action]:
         if self._finished:

@@ -27,6 +27,8 @@ from relay.core.stream_actions import (
 from relay.core.stream_record import Outcome, StreamRecord
 from relay.sse.scanner import FrameScanner
 
+_BOM = b"\xef\xbb\xbf"
+
 
 class Upstream(Enum):
     """Where the current upstream try stands."""
@@ -207,3 +209,20 @@ class StreamState:
         self._out.append(SendHead(error.status, headers))
         self._out.append(SendBody(body))
         self._out.append(END_RESPONSE)
+
+    def _start_of_body(self, data: bytes) -> bytes:
+        """Upstream's first bytes. After a keepalive a leading BOM is dropped (it only
+        means something at the very start), also one split across reads, whose first
+        bytes wait here until it is whole or is no BOM."""
+        if not data:
+            return data
+        if not self.keepalives:
+            self._at_start = False  # nothing went first: a BOM is where it belongs
+            return data
+        data = self._held + data
+        if len(data) < len(_BOM) and _BOM.startswith(data):
+            self._held = data
+            return b""
+        self._held = b""
+        self._at_start = False
+        return data[len(_BOM) :] if data.startswith(_BOM) else data
