@@ -38,6 +38,9 @@ STREAM_FIELDS = {
     "retries",
     "upstream_error",
     "error_detail",
+    "stream_id",
+    "resumes",
+    "detached_s",
 }
 
 

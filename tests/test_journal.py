@@ -61,14 +61,15 @@ def test_a_resumer_gets_head_journal_and_live_tail_and_takes_over() -> None:
         [(b"content-type", b"text/event-stream"), (STREAM_ID_HEADER, b"id123")],
     )
     side.send_body(b"event: a\n\n")
-    side.detach()
+    side.detach(10.0)
     side.send_body(b"event: b\n\n")  # journaled while nobody is attached
-    assert side.attach(second, 5) == 15
+    assert side.attach(second, 5, 12.5) == 15
     assert bytes(second.body) == b": a\n\nevent: b\n\n"
     side.send_body(b"event: c\n\n")
     assert bytes(second.body).endswith(b"event: c\n\n")
     # A newer resumer takes the stream; the older one is reset.
-    assert side.attach(third, 0) == 30
+    assert side.attach(third, 0, 13.0) == 30
+    assert side.resumes == 2 and side.detached_seconds(20.0) == 2.5
     assert second.aborted and bytes(third.body) == bytes(first.body) + b"event: b\n\nevent: c\n\n"
     side.send_end()
     assert third.ended and side.journal.ending is Ending.END
@@ -80,12 +81,12 @@ def test_a_resume_of_an_ended_stream_ends_and_of_a_reset_one_resets() -> None:
     side.send_body(b"x")
     side.send_end()
     late = Recorder()
-    assert side.attach(late, 0) == 1 and late.ended
+    assert side.attach(late, 0, 0.0) == 1 and late.ended
     broken = ResumableClient(Recorder(), Journal(limit=100), "id")
     broken.send_head(200, [])
     broken.abort()
     late = Recorder()
-    assert broken.attach(late, 0) == 0 and late.aborted
+    assert broken.attach(late, 0, 0.0) == 0 and late.aborted
 
 
 def test_only_a_successful_response_is_resumable() -> None:

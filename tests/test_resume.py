@@ -256,3 +256,35 @@ def test_past_its_journal_cap_a_stream_is_no_longer_resumable(sim: SimServer) ->
         stream_id = first.headers[b"relay-stream-id"].decode()
         first.cut()
         assert resume(relay.url, stream_id, 0).status_code == 404
+
+
+def _metric(relay: RelayProcess, name: str) -> float:
+    text = httpx2.get(relay.admin_url + "/metrics", timeout=10).text
+    values = [float(line.split()[-1]) for line in text.splitlines() if line.split(" ")[0] == name]
+    assert values, name
+    return values[0]
+
+
+def test_detached_streams_and_journal_bytes_are_gauged_and_the_log_line_tells_the_resume(
+    sim: SimServer, relay: RelayProcess
+) -> None:
+    """While nobody is attached the gauges show it; the stream's log line carries the
+    id's prefix (never the id), its resume count and its time without a client."""
+    first = PartialStream(relay.port, {**RESUMABLE, **script(gaps=[[3, 1.5]])})
+    first.read_until(100)
+    have = bytes(first.body)
+    stream_id = first.headers[b"relay-stream-id"].decode()
+    first.cut()
+    wait_for(lambda: _metric(relay, "sse_relay_streams_detached") == 1, timeout=5)
+    assert _metric(relay, "sse_relay_journal_bytes") >= len(have)
+    seconds_before = _metric(relay, "sse_relay_upstream_detached_seconds_total")
+    answer = resume(relay.url, stream_id, len(have))
+    assert answer.status_code == 200
+    assert _metric(relay, "sse_relay_streams_detached") == 0
+    assert _metric(relay, "sse_relay_upstream_detached_seconds_total") > seconds_before
+    lines = [
+        json.loads(line)
+        for line in relay.stderr_text.decode().splitlines()
+        if f'"stream_id": "{stream_id[:8]}"' in line
+    ]
+    assert [line["resumes"] for line in lines] == [1] and lines[0]["detached_s"] > 0

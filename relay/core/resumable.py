@@ -8,17 +8,25 @@ which gets the journal from its offset and then the live tail.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from relay.core.exchange import ClientSide, Headers
 from relay.core.journal import Ending, Journal
+from relay.core.stream_record import StreamRecord
 
 #: The response header that names a resumable stream (its id, at least 128 random bits).
 STREAM_ID_HEADER = b"relay-stream-id"
 
 
+def short_id(stream_id: str) -> str:
+    """What logs show of an id: enough to correlate, too little to resume with."""
+    return stream_id[:8]
+
+
 class ResumableClient:
     """Journals what the stream writes and forwards it to the attached client, if any."""
 
-    __slots__ = ("_head", "client", "journal", "stream_id")
+    __slots__ = ("_detached_at", "_head", "client", "detached", "journal", "resumes", "stream_id")
 
     def __init__(self, client: ClientSide, journal: Journal, stream_id: str) -> None:
         #: The connection that takes the stream now; None while detached.
@@ -26,6 +34,10 @@ class ResumableClient:
         self.journal = journal
         self.stream_id = stream_id
         self._head: tuple[int, Headers] | None = None
+        #: Resumes served, and seconds spent with no client attached (for the record).
+        self.resumes = 0
+        self.detached = 0.0
+        self._detached_at: float | None = None
 
     # -- ClientSide -------------------------------------------------------------------
 
@@ -68,16 +80,35 @@ class ResumableClient:
         head = self._head
         return head is not None and 200 <= head[0] < 300 and not self.journal.overflowed
 
-    def detach(self) -> None:
-        self.client = None
+    def in_record(self, record: StreamRecord, now: float) -> StreamRecord:
+        """`record` with this stream's id (as logs show it), resumes and detached time."""
+        return replace(
+            record,
+            stream_id=short_id(self.stream_id),
+            resumes=self.resumes,
+            detached_seconds=self.detached_seconds(now),
+        )
 
-    def attach(self, client: ClientSide, offset: int) -> int | None:
+    def detach(self, now: float) -> None:
+        self.client = None
+        self._detached_at = now
+
+    def detached_seconds(self, now: float) -> float:
+        """Time with no client attached, the current stretch included."""
+        since = self._detached_at
+        return self.detached + (0.0 if since is None else now - since)
+
+    def attach(self, client: ClientSide, offset: int, now: float) -> int | None:
         """Give the stream to `client` from body byte `offset`: the head, the journal
         from there, and its end if it has one. The bytes replayed, or None if `offset`
         cannot be served (nothing is written to `client` then)."""
         replay = self.journal.since(offset)
         if replay is None or self._head is None:
             return None
+        self.resumes += 1
+        if self._detached_at is not None:
+            self.detached += now - self._detached_at
+            self._detached_at = None
         previous, self.client = self.client, None
         if previous is not None:
             previous.abort()  # taken over: the newest resumer has the stream

@@ -21,7 +21,8 @@ from relay.core.errors import (
 )
 from relay.core.exchange import ClientSide, RequestHead
 from relay.core.headers import header_value
-from relay.core.resume_store import RESUME_PREFIX, ResumableEntry, ResumeStore, short_id
+from relay.core.resumable import short_id
+from relay.core.resume_store import RESUME_PREFIX, ResumableEntry, ResumeStore
 from relay.ops.metrics import RelayMetrics
 
 log = logging.getLogger("sse_relay")
@@ -82,7 +83,6 @@ class ResumeRequest:
             )
         self._answered = True
         self._entry = entry
-        entry.resumes += 1
         self._metrics.resumed("resumed", replayed)
         log.info(
             "resumed stream %s at byte %d (%d replayed)", short_id(stream_id), offset, replayed

@@ -45,18 +45,12 @@ class ResumableEntry:
     stream: RelayStream
     client: ResumableClient
     owner: bytes
-    #: Resumes served so far (for the stream's log line).
-    resumes: int = 0
+    #: Set once the stream ended: when its journal is let go.
     expiry: asyncio.TimerHandle | None = field(default=None)
 
 
 def wants_resume(headers: Headers) -> bool:
     return any(name == RESUMABLE_HEADER and value.strip() == b"1" for name, value in headers)
-
-
-def short_id(stream_id: str) -> str:
-    """What logs show of an id: enough to correlate, too little to resume with."""
-    return stream_id[:8]
 
 
 class ResumeStore:
@@ -78,7 +72,19 @@ class ResumeStore:
         return hmac.new(self._key, credential, hashlib.sha256).digest()
 
     def journal_bytes(self) -> int:
-        return sum(entry.client.journal.size for entry in self._entries.values())
+        """Bytes the journals hold (for the limit and the gauge)."""
+        return sum(
+            0 if entry.client.journal.overflowed else entry.client.journal.size
+            for entry in self._entries.values()
+        )
+
+    def detached(self) -> int:
+        """Streams running with no client attached (for the gauge)."""
+        return sum(
+            1
+            for entry in self._entries.values()
+            if entry.expiry is None and entry.client.client is None
+        )
 
     def new_journal(self) -> tuple[str, Journal] | None:
         """An id and a journal for a new resumable stream; None when the journals

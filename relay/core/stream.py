@@ -126,7 +126,7 @@ class RelayStream:
         for a resumable stream, go on into its journal for the grace period."""
         resumable = self._resumable
         if resumable is not None and resumable.resumable:
-            resumable.detach()
+            resumable.detach(self._loop.time())
             self._run(self._machine.client_detached(self._loop.time()))
         else:
             self._run(self._machine.client_gone(self._loop.time()))
@@ -135,7 +135,7 @@ class RelayStream:
         """A resume: `client` takes the stream over from body byte `offset`; the bytes
         replayed, or None if that offset cannot be served."""
         assert self._resumable is not None
-        replayed = self._resumable.attach(client, offset)
+        replayed = self._resumable.attach(client, offset, self._loop.time())
         if replayed is not None and not self._machine.finished:
             self._run(self._machine.client_attached(self._loop.time()))
         return replayed
@@ -212,6 +212,8 @@ class RelayStream:
                     self._abort_upstream()
                 case Finish(record, refused):
                     self._set_timer(math.inf)
+                    if self._resumable is not None:
+                        record = self._resumable.in_record(record, self._loop.time())
                     self._active.discard(self)
                     self._metrics.stream_finished(record)
                     if refused is not None:

@@ -55,3 +55,8 @@ class StreamRecord:
     error_detail: str | None = None
     #: An SSE response that arrived content-encoded, so it took no keepalives.
     sse_compressed: bool = False
+    #: A resumable stream's id as logs show it (a prefix), its resumes, and how long
+    #: upstream ran with no client attached.
+    stream_id: str | None = None
+    resumes: int = 0
+    detached_seconds: float = 0.0

@@ -80,6 +80,9 @@ def stream_fields(record: StreamRecord) -> dict[str, Any]:
         "retries": record.retries,
         "upstream_error": record.upstream_error,
         "error_detail": record.error_detail,
+        "stream_id": record.stream_id,
+        "resumes": record.resumes,
+        "detached_s": _seconds(record.detached_seconds),
     }
 
 

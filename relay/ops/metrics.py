@@ -9,6 +9,8 @@ each relay process, and each test, has its own.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -130,6 +132,21 @@ class RelayMetrics:
             ["outcome"],
             registry=registry,
         )
+        self._detached_gauge = Gauge(
+            "sse_relay_streams_detached",
+            "Resumable streams running with no client attached",
+            registry=registry,
+        )
+        self._journal_gauge = Gauge(
+            "sse_relay_journal_bytes",
+            "Bytes the resumable streams' journals hold",
+            registry=registry,
+        )
+        self._detached_seconds = Counter(
+            "sse_relay_upstream_detached_seconds",
+            "Upstream time spent on resumable streams with no client attached",
+            registry=registry,
+        )
         self._replayed = Counter(
             "sse_relay_resume_replayed_bytes",
             "Journal bytes sent again to resuming clients",
@@ -183,6 +200,8 @@ class RelayMetrics:
         status = "none" if record.status is None else str(record.status)
         self._streams.labels(version, status, record.outcome.value).inc()
         self._bytes_in.inc(record.bytes_in)
+        if record.detached_seconds:
+            self._detached_seconds.inc(record.detached_seconds)
         if record.sse_compressed:
             self._sse_compressed.inc()
         self._bytes_out.inc(record.bytes_out)
@@ -211,6 +230,11 @@ class RelayMetrics:
     def connection_closed(self, reason: str) -> None:
         """A client connection closed as hostile (`HOSTILE_CLOSE_REASONS`)."""
         self._hostile.labels(reason).inc()
+
+    def watch_resume(self, detached: Callable[[], int], journal_bytes: Callable[[], int]) -> None:
+        """The resume gauges, read at scrape time (nothing per event)."""
+        self._detached_gauge.set_function(detached)
+        self._journal_gauge.set_function(journal_bytes)
 
     def resumable_started(self) -> None:
         self._resumable.inc()

@@ -130,6 +130,7 @@ async def serve(config: RelayConfig, worker_id: int | None = None) -> None:
         )
     )
     streams = StreamRegistry(routes, metrics, config.max_streams, resume)
+    metrics.watch_resume(resume.detached, resume.journal_bytes)
     context = EdgeContext(config, streams, metrics)
     servers = [
         await loop.create_server(
