@@ -552,3 +552,32 @@ def test_cancel_resets_the_client_and_aborts_upstream() -> None:
     actions = stream.cancel(0.2)
     assert kinds(actions) == [ResetClient, AbortUpstream, Finish]
     assert stream.cancel(0.3) == []
+
+
+def test_the_local_relay_resumes_a_dropped_remote_stream_from_its_byte() -> None:
+    """--resume-upstream: the remote relay's stream id is kept (not relayed), a drop
+    mid-stream opens `GET /relay/v1/streams/ID?offset=N` with the caller's key, and the
+    resume's 200 continues the body without a second head; a refused resume fails
+    the stream as a drop would."""
+    settings = replace(SETTINGS, resume_upstream=True)
+    head = RequestHead(b"POST", b"/v1/messages", [(b"x-api-key", b"sk-1")], None)
+    for resume_status, ends_with in ((200, None), (404, SendBody)):
+        stream = StreamMachine(head, settings, 0.0)
+        opened(stream)
+        sent = stream.response_head(200, [*SSE_HEAD, (b"relay-stream-id", b"ID")], 0.1)
+        relayed = next(a for a in sent if isinstance(a, SendHead))
+        assert (b"relay-stream-id", b"ID") not in relayed.headers
+        stream.response_body(messages_stream()[:100], 0.2)
+        actions = stream.upstream_failed(UpstreamLost("reset"), 0.3)
+        retry = actions[-1]
+        assert isinstance(retry, OpenUpstream) and retry.head is not None
+        assert retry.head.method == b"GET"
+        assert retry.head.target == b"/relay/v1/streams/ID?offset=100"
+        assert retry.head.headers == [(b"x-api-key", b"sk-1")]
+        stream.upstream_opened(0.5)
+        answer = stream.response_head(resume_status, SSE_HEAD, 0.6)
+        assert SendHead not in kinds(answer)
+        if ends_with is None:
+            assert answer == [] and stream.response_body(b"more", 0.7) == b"more"
+        else:
+            assert ends_with in kinds(answer) and kinds(answer)[-1] is Finish

@@ -139,3 +139,5 @@ class StreamSettings:
     body_policy: BodyPolicy
     #: How long a resumable stream whose client left keeps reading upstream.
     resume_grace: float = 60.0
+    #: Upstream is a remote sse-relay: ask it for resumable streams, resume on drops.
+    resume_upstream: bool = False

@@ -12,9 +12,9 @@ from collections.abc import Callable
 from relay.core.errors import Overloaded, RelayError
 from relay.core.exchange import ClientSide, EdgeStream, RequestHead
 from relay.core.request_rules import check_request
-from relay.core.resumable import ResumableClient
+from relay.core.resumable import RESUME_PREFIX, ResumableClient
 from relay.core.resume_request import ResumeRequest
-from relay.core.resume_store import RESUME_PREFIX, ResumableEntry, ResumeStore, wants_resume
+from relay.core.resume_store import ResumableEntry, ResumeStore, wants_resume
 from relay.core.stream import RelayStream
 from relay.ops.metrics import RelayMetrics
 from relay.upstream.routes import UpstreamRoutes

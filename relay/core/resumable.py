@@ -16,6 +16,10 @@ from relay.core.stream_record import StreamRecord
 
 #: The response header that names a resumable stream (its id, at least 128 random bits).
 STREAM_ID_HEADER = b"relay-stream-id"
+#: The request header that asks for a resumable stream.
+RESUMABLE_HEADER = b"relay-resumable"
+#: Where resume (GET) and cancel (DELETE) requests go: PREFIX + stream id.
+RESUME_PREFIX = b"/relay/v1/streams/"
 
 
 def short_id(stream_id: str) -> str:

@@ -21,8 +21,8 @@ from relay.core.errors import (
 )
 from relay.core.exchange import ClientSide, RequestHead
 from relay.core.headers import header_value
-from relay.core.resumable import short_id
-from relay.core.resume_store import RESUME_PREFIX, ResumableEntry, ResumeStore
+from relay.core.resumable import RESUME_PREFIX, short_id
+from relay.core.resume_store import ResumableEntry, ResumeStore
 from relay.ops.metrics import RelayMetrics
 
 log = logging.getLogger("sse_relay")

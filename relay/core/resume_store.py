@@ -17,14 +17,10 @@ from dataclasses import dataclass, field
 
 from relay.core.exchange import Headers
 from relay.core.journal import Journal
-from relay.core.resumable import ResumableClient
+from relay.core.resumable import RESUMABLE_HEADER, ResumableClient
 from relay.core.stream import RelayStream
 from relay.core.stream_record import Outcome
 
-#: The request header that asks for a resumable stream.
-RESUMABLE_HEADER = b"relay-resumable"
-#: Where resume (GET) and cancel (DELETE) requests go: PREFIX + stream id.
-RESUME_PREFIX = b"/relay/v1/streams/"
 _CREDENTIAL_HEADERS = (b"x-api-key", b"authorization")
 
 

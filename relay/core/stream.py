@@ -206,8 +206,8 @@ class RelayStream:
                         self._upstream.resume_reading()
                 case ArmTimer(at):
                     self._set_timer(at)
-                case OpenAction(attempt, at):
-                    self._open_try(attempt, at)
+                case OpenAction(attempt, at, head):
+                    self._open_try(attempt, at, head or self._machine.head)
                 case AbortUpstream():
                     self._abort_upstream()
                 case Finish(record, refused):
@@ -233,21 +233,21 @@ class RelayStream:
         self._timer = None
         self._run(self._machine.tick(self._loop.time()))
 
-    def _open_try(self, attempt: int, at: float) -> None:
+    def _open_try(self, attempt: int, at: float, head: RequestHead) -> None:
         if at > self._loop.time():
-            self._retry = self._loop.call_at(at, self._open_now, attempt)
+            self._retry = self._loop.call_at(at, self._open_now, attempt, head)
         else:
-            self._open_now(attempt)
+            self._open_now(attempt, head)
 
-    def _open_now(self, attempt: int) -> None:
+    def _open_now(self, attempt: int, head: RequestHead) -> None:
         self._retry = None
-        self._connecting = self._loop.create_task(self._connect(attempt))
+        self._connecting = self._loop.create_task(self._connect(attempt, head))
 
-    async def _connect(self, attempt: int) -> None:
+    async def _connect(self, attempt: int, head: RequestHead) -> None:
         machine = self._machine
         try:
             try:
-                upstream = await self._open_upstream(machine.head, self, attempt)
+                upstream = await self._open_upstream(head, self, attempt)
             finally:
                 self._connecting = None
             if machine.upstream is not Upstream.OPENING:

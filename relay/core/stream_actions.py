@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from relay.core.exchange import Headers
+from relay.core.exchange import Headers, RequestHead
 from relay.core.stream_record import StreamRecord
 
 
@@ -52,6 +52,8 @@ class OpenUpstream:
 
     attempt: int
     at: float
+    #: The request to send, when not the stream's own (a resume from a remote relay).
+    head: RequestHead | None = None
 
 
 @dataclass(frozen=True, slots=True)

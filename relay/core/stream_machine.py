@@ -178,6 +178,12 @@ class StreamMachine(StreamState):
     def response_head(self, status: int, headers: Headers, now: float) -> list[Action]:
         if self._finished:
             return []
+        if self._head_sent:  # a resume's answer: its body continues the one sent
+            if status != 200:
+                self._terminate(
+                    self._lost(f"the resume was refused ({status})"), Outcome.UPSTREAM_ERROR
+                )
+            return self._take(now)
         if status in self._settings.retry.statuses and self._retry_later(
             f"upstream answered {status}", now, retry_after(headers)
         ):
@@ -191,6 +197,8 @@ class StreamMachine(StreamState):
         request_id = header_value(headers, b"request-id")
         self._request_id = None if request_id is None else request_id.decode(errors="replace")
         content_type = header_value(headers, b"content-type") or b""
+        if self._resume is not None:
+            headers = self._resume.learn(headers)
         headers = relayed_response_headers(headers)
         if content_type.lower().startswith(b"text/event-stream"):
             encoding = header_value(headers, b"content-encoding")
@@ -252,7 +260,11 @@ class StreamMachine(StreamState):
         if self._finished:
             return []
         self._abort_upstream()
-        if not (error.transparent_retry and self._retry_later(error.message, now)):
+        if self._head_sent and self._resume_upstream(now):
+            log.info(
+                "resuming %s %s from byte %d: %s", *self.describe(), self.bytes_out, error.logged
+            )
+        elif not (error.transparent_retry and self._retry_later(error.message, now)):
             self._upstream_error = error.kind
             self._error_detail = error.logged
             failure = self._lost(error.message, error.detail) if self._head_sent else error
@@ -337,17 +349,6 @@ class StreamMachine(StreamState):
             self._out.append(RESET_CLIENT)
         self._finish(Outcome.COMPLETED if complete else outcome, None if self._head_sent else error)
 
-    def _finish(self, outcome: Outcome, answer: RelayError | None = None) -> None:
-        """The one place a stream ends (once); `Finish` closes this input's actions."""
-        if self._finished:
-            return
-        self._abort_upstream()
-        self._finished = self._finish_pending = True
-        self._body_deadline = math.inf
-        self.outcome = outcome
-        if answer is not None:
-            self._status = answer.status
-
     def _on_tick(self, now: float) -> None:
         if now >= self._grace_deadline:
             log.info("ended %s %s: no client resumed it in time", *self.describe())
@@ -384,14 +385,3 @@ class StreamMachine(StreamState):
                 self._out.append(SendKeepalive(self._settings.keepalive_frame))
             next_check = min(next_check, decision.next_check)
         self._arm(next_check)
-
-    def _drop_stalled_client(self) -> None:
-        """Like nginx's send_timeout: a client that takes nothing holds a stream slot and
-        an upstream connection for nobody, so both go."""
-        log.warning(
-            "dropped %s %s: the client took no bytes for %g s",
-            *self.describe(),
-            self._settings.send_timeout,
-        )
-        self._out.append(RESET_CLIENT)
-        self._finish(Outcome.CLIENT_STALL)

@@ -6,6 +6,7 @@ here so that each module reads in one sitting.
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from collections.abc import Callable
@@ -18,15 +19,19 @@ from relay.core.request_body import RequestBody
 from relay.core.stream_actions import (
     ABORT_UPSTREAM,
     END_RESPONSE,
+    RESET_CLIENT,
     Action,
     ArmTimer,
     Finish,
+    OpenUpstream,
     SendBody,
     SendHead,
 )
 from relay.core.stream_record import Outcome, StreamRecord
+from relay.core.upstream_resume import UpstreamResume
 from relay.sse.scanner import FrameScanner
 
+log = logging.getLogger("sse_relay")
 _BOM = b"\xef\xbb\xbf"
 
 
@@ -64,6 +69,7 @@ class StreamState:
         "_out",
         "_refused",
         "_request_id",
+        "_resume",
         "_retries",
         "_scanner",
         "_settings",
@@ -107,6 +113,8 @@ class StreamState:
         self._client_paused = False
         self._client_paused_at = 0.0
         self._scanner: FrameScanner | None = None
+        # The local relay mode: how to resume from the remote relay; None when off.
+        self._resume = UpstreamResume() if settings.resume_upstream else None
         # Until upstream's first body bytes are settled (a BOM after a keepalive), and
         # the start of a BOM that came in a read of its own.
         self._at_start = True
@@ -226,3 +234,37 @@ class StreamState:
         self._held = b""
         self._at_start = False
         return data[len(_BOM) :] if data.startswith(_BOM) else data
+
+    def _resume_upstream(self, now: float) -> bool:
+        """The remote relay's connection dropped mid-stream: ask it for the rest, from
+        the byte we are at (the local relay mode). False if that cannot be done."""
+        resume = self._resume
+        head = None if resume is None else resume.next_head(self.head, self.bytes_out)
+        if resume is None or head is None:
+            return False
+        self.upstream = Upstream.OPENING
+        self._out.append(OpenUpstream(self._tries, now + 0.1 * resume.resumes, head))
+        self._tries += 1
+        return True
+
+    def _finish(self, outcome: Outcome, answer: RelayError | None = None) -> None:
+        """The one place a stream ends (once); `Finish` closes this input's actions."""
+        if self._finished:
+            return
+        self._abort_upstream()
+        self._finished = self._finish_pending = True
+        self._body_deadline = math.inf
+        self.outcome = outcome
+        if answer is not None:
+            self._status = answer.status
+
+    def _drop_stalled_client(self) -> None:
+        """Like nginx's send_timeout: a client that takes nothing holds a stream slot and
+        an upstream connection for nobody, so both go."""
+        log.warning(
+            "dropped %s %s: the client took no bytes for %g s",
+            *self.describe(),
+            self._settings.send_timeout,
+        )
+        self._out.append(RESET_CLIENT)
+        self._finish(Outcome.CLIENT_STALL)

@@ -216,6 +216,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("tls-cert", str, "certificate chain (PEM) for the TLS listener", "PATH"),
     Setting("tls-key", str, "private key (PEM) for the TLS listener", "PATH"),
     Setting(
+        "resume-upstream",
+        _boolean,
+        "upstream is a remote sse-relay: ask it for resumable streams and resume them "
+        "when the connection to it drops (the local relay mode)",
+        switch=True,
+    ),
+    Setting(
         "http3",
         _boolean,
         "also serve HTTP/3 (QUIC, UDP) on the TLS listener's port; needs --tls-cert",

@@ -23,6 +23,7 @@ from relay.core.exchange import (
     UpstreamTarget,
 )
 from relay.core.headers import upstream_request_headers
+from relay.core.resumable import RESUMABLE_HEADER
 from relay.upstream.h2 import H2Upstream
 from relay.upstream.http1 import Http1Upstream
 
@@ -73,8 +74,11 @@ class UpstreamPool:
         connect_timeout: float,
         tls: ssl.SSLContext | None,
         protocol: str = "auto",
+        resumable: bool = False,
     ) -> None:
         self.target = target
+        #: Upstream is a remote sse-relay asked for resumable streams (--resume-upstream).
+        self.resumable = resumable
         self.url = target.url
         #: auto (HTTP/2 when TLS's ALPN picks it), h2 (h2c in cleartext) or http/1.1.
         self.protocol = protocol
@@ -100,6 +104,8 @@ class UpstreamPool:
             client_ip=head.client_ip,
             identity_encoding=head.method == b"POST",
         )
+        if self.resumable and head.method == b"POST":
+            headers.append((RESUMABLE_HEADER, b"1"))
         target = self.target.base_path.encode() + head.target
         while True:
             connection = self._with_room() or self._take_idle() or await self._new_connection()

@@ -40,6 +40,7 @@ def stream_settings(config: RelayConfig) -> StreamSettings:
         ),
         body_policy=BodyPolicy(config.deny_params, config.on_deny),
         resume_grace=config.resume_grace,
+        resume_upstream=config.resume_upstream,
     )
 
 
@@ -70,7 +71,11 @@ class UpstreamRoutes:
             for target in targets:
                 if target.url not in by_url:
                     by_url[target.url] = UpstreamPool(
-                        target, connect_timeout=config.connect_timeout, tls=tls, protocol=protocol
+                        target,
+                        connect_timeout=config.connect_timeout,
+                        tls=tls,
+                        protocol=protocol,
+                        resumable=config.resume_upstream,
                     )
             return tuple(by_url[target.url] for target in targets)
 
