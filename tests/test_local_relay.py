@@ -11,7 +11,7 @@ import anthropic
 import pytest
 
 from tests.clients import script, sdk_stream
-from tests.cutproxy import CutProxy
+from tests.idleproxy import IdleKillingProxy
 from tests.relayproc import RelayProcess
 from tests.simserver import SimServer
 
@@ -32,11 +32,11 @@ def test_a_cut_between_the_relays_is_invisible_to_the_sdk(
     events, final = sdk_stream(sim.url, FIELDS)
     before = len(sim.requests)
     with (
-        CutProxy(remote.port, cut_after) as cut,
+        IdleKillingProxy(remote.port, cut_after=cut_after) as cut,
         RelayProcess(cut.url, "--resume-upstream", keepalive=5.0) as local,
     ):
         relayed_events, relayed_final = sdk_stream(local.url, FIELDS)
-        assert cut.cuts == 1 and cut.connections >= 2  # cut, then resumed through it
+        assert cut.kills == 1 and cut.connections >= 2  # cut, then resumed through it
         assert b"resuming POST /v1/messages from byte" in local.stderr_text
     assert relayed_final.model_dump() == final.model_dump()
     assert [e["type"] for e in relayed_events] == [e["type"] for e in events]
@@ -49,7 +49,7 @@ def test_without_resume_upstream_the_cut_is_the_usual_error_frame(
     """The control: the same cut without --resume-upstream ends the SDK's stream with
     the relay's typed error."""
     with (
-        CutProxy(remote.port, 700) as cut,
+        IdleKillingProxy(remote.port, cut_after=700) as cut,
         RelayProcess(cut.url, keepalive=5.0) as local,
         pytest.raises(anthropic.APIStatusError, match="upstream connection lost"),
     ):
