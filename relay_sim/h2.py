@@ -102,19 +102,25 @@ class _Stream:
         if not owner.owns(self):
             return
         conn = owner.conn
-        while self._waiting:
-            room = min(conn.local_flow_control_window(self.id), conn.max_outbound_frame_size)
-            if room <= 0:
-                break  # a WINDOW_UPDATE (or new SETTINGS) pushes again
-            chunk = self._waiting[0]
-            if len(chunk) > room:
-                self._waiting[0] = chunk[room:]
-                chunk = chunk[:room]
-            else:
-                self._waiting.popleft()
-            conn.send_data(self.id, chunk)
-        if not self._waiting and self._ending:
-            conn.end_stream(self.id)
+        try:
+            while self._waiting:
+                room = min(conn.local_flow_control_window(self.id), conn.max_outbound_frame_size)
+                if room <= 0:
+                    break  # a WINDOW_UPDATE (or new SETTINGS) pushes again
+                chunk = self._waiting[0]
+                if len(chunk) > room:
+                    self._waiting[0] = chunk[room:]
+                    chunk = chunk[:room]
+                else:
+                    self._waiting.popleft()
+                conn.send_data(self.id, chunk)
+            if not self._waiting and self._ending:
+                conn.end_stream(self.id)
+                owner.finished(self.id)
+        except h2.exceptions.ProtocolError:
+            # The peer reset or closed the stream (its news may be in this very read):
+            # what waits is nobody's now, and the other streams go on.
+            self._waiting.clear()
             owner.finished(self.id)
         owner.schedule_flush()
         if self._waiting or owner.write_paused:
