@@ -3,13 +3,15 @@
 `ResumableClient` is the `ClientSide` a resumable `RelayStream` writes to. Every body
 byte also goes into the stream's `Journal`; the connection that opened the stream may
 drop, and a later resume request (relay/core/resume_request.py) attaches another one,
-which gets the journal from its offset and then the live tail.
+which gets the journal from its offset and then the live tail. A client that asked for
+`id:` lines gets them here, before the journal: replays carry the same ids.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
 
+from relay.core.event_ids import EventIdWriter, takes_event_ids
 from relay.core.exchange import ClientSide, Headers
 from relay.core.journal import Ending, Journal
 from relay.core.stream_record import StreamRecord
@@ -30,9 +32,21 @@ def short_id(stream_id: str) -> str:
 class ResumableClient:
     """Journals what the stream writes and forwards it to the attached client, if any."""
 
-    __slots__ = ("_detached_at", "_head", "client", "detached", "journal", "resumes", "stream_id")
+    __slots__ = (
+        "_detached_at",
+        "_event_ids",
+        "_head",
+        "_wants_event_ids",
+        "client",
+        "detached",
+        "journal",
+        "resumes",
+        "stream_id",
+    )
 
-    def __init__(self, client: ClientSide, journal: Journal, stream_id: str) -> None:
+    def __init__(
+        self, client: ClientSide, journal: Journal, stream_id: str, event_ids: bool = False
+    ) -> None:
         #: The connection that takes the stream now; None while detached.
         self.client: ClientSide | None = client
         self.journal = journal
@@ -42,17 +56,26 @@ class ResumableClient:
         self.resumes = 0
         self.detached = 0.0
         self._detached_at: float | None = None
+        #: The request asked for `id:` lines (`relay-event-ids: 1`); they go in once the
+        #: head shows an event stream, and only then is there a writer.
+        self._wants_event_ids = event_ids
+        self._event_ids: EventIdWriter | None = None
 
     # -- ClientSide -------------------------------------------------------------------
 
     def send_head(self, status: int, headers: Headers) -> None:
         if 200 <= status < 300:
             headers = [*headers, (STREAM_ID_HEADER, self.stream_id.encode())]
+        if self._wants_event_ids and takes_event_ids(status, headers):
+            self._event_ids = EventIdWriter()
         self._head = (status, headers)
         if self.client is not None:
             self.client.send_head(status, headers)
 
     def send_body(self, data: bytes) -> None:
+        event_ids = self._event_ids
+        if event_ids is not None:
+            data = event_ids.add_ids(data, self.journal.size)
         self.journal.append(data)
         if self.client is not None:
             self.client.send_body(data)

@@ -2,8 +2,10 @@
 `DELETE PREFIX/{id}` cancels it. Any HTTP version: adapters drive it like a stream.
 
 The offset is the number of response body bytes the client already has, keepalives
-included, as `?offset=N` or the `relay-resume-offset` header. The answer is the
-original response head, the journal from that offset, then the live tail.
+included, as `?offset=N` or the `relay-resume-offset` header, or as `Last-Event-ID: N`
+with N the `id:` of the last event the client parsed (relay/core/event_ids.py: the same
+offset). The answer is the original response head, the journal from that offset, then
+the live tail.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from relay.ops.metrics import RelayMetrics
 
 log = logging.getLogger("sse_relay")
 _OFFSET_HEADER = b"relay-resume-offset"
+_LAST_EVENT_ID = b"last-event-id"
 
 
 class ResumeRequest:
@@ -89,13 +92,27 @@ class ResumeRequest:
         )
 
     def _offset(self, query: bytes) -> int:
+        """The header offset, else the query's, else Last-Event-ID, else 0.
+
+        An explicit offset wins over Last-Event-ID without a check that they agree: an
+        SSE library may send Last-Event-ID on its own, and it names the end of the last
+        whole event, which may well lie before the bytes the application holds and
+        says it holds. Both are offsets into the one journal; either is served right.
+        """
         raw = header_value(self.head.headers, _OFFSET_HEADER)
         if raw is None:
-            values = parse_qs(query.decode("ascii", "replace")).get("offset", ["0"])
-            raw = values[0].encode()
-        if not raw.isdigit():
-            raise BadRequest("the offset must be a whole number of bytes")
-        return int(raw)
+            values = parse_qs(query.decode("ascii", "replace")).get("offset")
+            raw = values[0].encode() if values else None
+        if raw is not None:
+            if not raw.isdigit():
+                raise BadRequest("the offset must be a whole number of bytes")
+            return int(raw)
+        last_event_id = header_value(self.head.headers, _LAST_EVENT_ID)
+        if not last_event_id:  # none, or empty: no event seen yet (as SSE has it)
+            return 0
+        if not last_event_id.isdigit():
+            raise BadRequest("Last-Event-ID must be an id this relay sent (a byte offset)")
+        return int(last_event_id)
 
     # -- as an adapter drives a stream -------------------------------------------------
 

@@ -1,8 +1,9 @@
 # cython: language_level=3, auto_pickle=False, autotestdict=False
 """Cython twin of `relay.sse.scanner_pure.FrameScanner`: same state machine, C loop.
 
-Keep the two in step; tests/test_scanner.py checks they agree. `feed` allocates
-nothing for `bytes` or `bytearray` input: it walks the object's buffer in place.
+Keep the two in step; tests/test_scanner.py and tests/test_scanner_dispatch.py check
+they agree. `feed` and `feed_to_dispatch` allocate nothing for `bytes` or `bytearray`
+input: they walk the object's buffer in place, in one C loop (`scan`).
 """
 
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
@@ -52,6 +53,89 @@ cdef inline int event_of(const unsigned char* head, Py_ssize_t n, int current) n
     return NO_EVENT
 
 
+cdef inline object readable(object data):
+    """`data` itself when it can be read in place (bytes, or the bytearrays h11 hands
+    over), else a bytes copy of its buffer."""
+    if type(data) is bytes or type(data) is bytearray:
+        return data
+    return bytes(memoryview(data))
+
+
+cdef inline const unsigned char* contents(object buf, Py_ssize_t* size) noexcept:
+    """The bytes of `buf`, a bytes or bytearray object, and their number in `size`."""
+    if type(buf) is bytes:
+        size[0] = PyBytes_GET_SIZE(buf)
+        return <const unsigned char*>PyBytes_AS_STRING(buf)
+    size[0] = PyByteArray_GET_SIZE(buf)
+    return <const unsigned char*>PyByteArray_AS_STRING(buf)
+
+
+cdef inline Py_ssize_t scan(
+    FrameScanner s, const unsigned char* p, Py_ssize_t n, Py_ssize_t i, bint stop
+) noexcept:
+    """Feed `p[i:n]` to `s`; with `stop`, only as far as the next frame dispatch, whose
+    line ending's index is returned (n when none). Inlined into both callers: in `feed`
+    `stop` is a constant False, and the C compiler drops its test."""
+    cdef unsigned char c
+    if s._bom != BOM_DONE:
+        i += s._skip_bom(p + i, n - i)
+    cdef int state = s._state
+    cdef bint after_cr = s._after_cr
+    cdef bint has_field = s._has_field
+    cdef int event = s._event
+    cdef Py_ssize_t head_len = s._head_len
+    cdef Py_ssize_t dispatched = n
+    while i < n:
+        c = p[i]
+        if c == b"\n" or c == b"\r":
+            i += 1
+            if c == b"\n" and after_cr:
+                after_cr = False
+                continue
+            after_cr = c == b"\r"
+            if state == START:
+                if has_field:
+                    s._dispatch(event)
+                    has_field = False
+                    if stop:  # as if the chunk ended right after this byte
+                        event = NO_EVENT
+                        dispatched = i - 1
+                        break
+                event = NO_EVENT
+            elif state == HEAD:
+                event = event_of(s._head, head_len, event)
+            state = START
+            continue
+        after_cr = False
+        if state == START:
+            if c == b":":
+                state = OTHER
+            else:
+                has_field = True
+                state = HEAD if c == b"e" else OTHER
+                head_len = 0
+        if state == HEAD:
+            if head_len < HEAD_MAX:
+                s._head[head_len] = c
+                head_len += 1
+                i += 1
+                continue
+            # Too long to name a recognised event, yet it replaces the name.
+            if memcmp(s._head, b"event:", 6) == 0:
+                event = NO_EVENT
+            state = OTHER
+        # OTHER: nothing to learn until the line ends.
+        i += 1
+        while i < n and p[i] != b"\n" and p[i] != b"\r":
+            i += 1
+    s._state = state
+    s._after_cr = after_cr
+    s._has_field = has_field
+    s._event = event
+    s._head_len = head_len
+    return dispatched
+
+
 cdef class FrameScanner:
     """Follows an SSE byte stream chunk by chunk and tells where a frame may be inserted.
 
@@ -79,74 +163,22 @@ cdef class FrameScanner:
 
     def feed(self, data):
         """Account for the next chunk of the stream."""
-        cdef object buf = data
-        cdef const unsigned char* p
+        cdef object buf = readable(data)
         cdef Py_ssize_t n
-        # h11 hands over bytearrays: read both kinds in place, copy only other buffers.
-        if type(buf) is bytes:
-            p = <const unsigned char*>PyBytes_AS_STRING(buf)
-            n = PyBytes_GET_SIZE(buf)
-        else:
-            if type(buf) is not bytearray:
-                buf = bytes(memoryview(buf))
-                p = <const unsigned char*>PyBytes_AS_STRING(buf)
-                n = PyBytes_GET_SIZE(buf)
-            else:
-                p = <const unsigned char*>PyByteArray_AS_STRING(buf)
-                n = PyByteArray_GET_SIZE(buf)
-        cdef Py_ssize_t i = 0
-        cdef unsigned char c
-        if self._bom != BOM_DONE:
-            i = self._skip_bom(p, n)
-        cdef int state = self._state
-        cdef bint after_cr = self._after_cr
-        cdef bint has_field = self._has_field
-        cdef int event = self._event
-        cdef Py_ssize_t head_len = self._head_len
-        while i < n:
-            c = p[i]
-            if c == b"\n" or c == b"\r":
-                i += 1
-                if c == b"\n" and after_cr:
-                    after_cr = False
-                    continue
-                after_cr = c == b"\r"
-                if state == START:
-                    if has_field:
-                        self._dispatch(event)
-                        has_field = False
-                    event = NO_EVENT
-                elif state == HEAD:
-                    event = event_of(self._head, head_len, event)
-                state = START
-                continue
-            after_cr = False
-            if state == START:
-                if c == b":":
-                    state = OTHER
-                else:
-                    has_field = True
-                    state = HEAD if c == b"e" else OTHER
-                    head_len = 0
-            if state == HEAD:
-                if head_len < HEAD_MAX:
-                    self._head[head_len] = c
-                    head_len += 1
-                    i += 1
-                    continue
-                # Too long to name a recognised event, yet it replaces the name.
-                if memcmp(self._head, b"event:", 6) == 0:
-                    event = NO_EVENT
-                state = OTHER
-            # OTHER: nothing to learn until the line ends.
-            i += 1
-            while i < n and p[i] != b"\n" and p[i] != b"\r":
-                i += 1
-        self._state = state
-        self._after_cr = after_cr
-        self._has_field = has_field
-        self._event = event
-        self._head_len = head_len
+        cdef const unsigned char* p = contents(buf, &n)
+        scan(self, p, n, 0, False)
+
+    def feed_to_dispatch(self, data, Py_ssize_t start):
+        """Account for `data[start:]` as far as the next line ending that dispatches a
+        frame, and return that ending's index: exactly as `feed(data[start : k + 1])`
+        for the `k` returned (a `\\r\\n` ending is fed up to its `\\r`, the `\\n` is left
+        to the next call). `len(data)` when no frame is dispatched (all of it fed)."""
+        cdef object buf = readable(data)
+        cdef Py_ssize_t n
+        cdef const unsigned char* p = contents(buf, &n)
+        if not 0 <= start <= n:
+            raise ValueError(f"start {start} is outside the chunk's {n} bytes")
+        return scan(self, p, n, start, True)
 
     cdef Py_ssize_t _skip_bom(self, const unsigned char* p, Py_ssize_t n) noexcept:
         """Consume what belongs to a leading BOM; return where line content starts."""

@@ -117,12 +117,27 @@ class FrameScanner:
 
     def feed(self, data: bytes) -> None:
         """Account for the next chunk of the stream."""
+        self._scan(data, 0, False)
+
+    def feed_to_dispatch(self, data: bytes, start: int) -> int:
+        """Account for `data[start:]` as far as the next line ending that dispatches a
+        frame, and return that ending's index: exactly as `feed(data[start : k + 1])`
+        for the `k` returned (a `\\r\\n` ending is fed up to its `\\r`, the `\\n` is left
+        to the next call). `len(data)` when no frame is dispatched (all of it fed)."""
+        if not isinstance(data, bytes | bytearray):
+            data = bytes(memoryview(data))
+        if not 0 <= start <= len(data):
+            raise ValueError(f"start {start} is outside the chunk's {len(data)} bytes")
+        return self._scan(data, start, True)
+
+    def _scan(self, data: bytes, i: int, stop: bool) -> int:
+        """`feed` from index `i` (within `data`); with `stop`, only as far as the next
+        dispatch."""
         if not isinstance(data, bytes | bytearray):
             data = bytes(memoryview(data))
         n = len(data)
-        i = 0
         if self._bom != _BOM_DONE:
-            i = self._skip_bom(data)
+            i = self._skip_bom(data, i)
         if i < n and self._after_cr:
             self._after_cr = False
             if data[i] == 10:
@@ -132,6 +147,7 @@ class FrameScanner:
         event = self._event
         head = self._head
         find = data.find
+        dispatched = n  # where `stop` ended the scan: the dispatching line ending
         lf = cr = -1  # next `\n` / `\r` at or after i (n: none); refreshed once passed
         while i < n:
             if lf < i:
@@ -167,6 +183,11 @@ class FrameScanner:
                 if has_field:
                     self._dispatch(event)
                     has_field = False
+                    if stop:  # as if the chunk ended right after this byte
+                        self._after_cr = end == cr
+                        event = _NO_EVENT
+                        dispatched = end
+                        break
                 event = _NO_EVENT
             elif state == _HEAD:
                 event = _event_of(head, event)
@@ -181,10 +202,11 @@ class FrameScanner:
         self._has_field = has_field
         self._event = event
         self._head = head
+        return dispatched
 
-    def _skip_bom(self, data: bytes) -> int:
-        """Consume what belongs to a leading BOM; return where line content starts."""
-        i = 0
+    def _skip_bom(self, data: bytes, i: int) -> int:
+        """Consume what belongs to a leading BOM from index `i`; return where line
+        content starts."""
         bom = self._bom
         while bom < 3 and i < len(data):
             if data[i] != _BOM[bom]:
