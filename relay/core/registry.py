@@ -10,7 +10,9 @@ import asyncio
 from collections.abc import Callable
 
 from relay.core.errors import Overloaded, RelayError
+from relay.core.event_ids import wants_event_ids
 from relay.core.exchange import ClientSide, EdgeStream, RequestHead
+from relay.core.replay import ReplayCandidate, ReplayContext
 from relay.core.request_rules import check_request
 from relay.core.resumable import RESUME_PREFIX, ResumableClient
 from relay.core.resume_request import ResumeRequest
@@ -29,30 +31,42 @@ class StreamRegistry:
         metrics: RelayMetrics,
         max_streams: int,
         resume: ResumeStore | None = None,
+        replay_retries: bool = False,
     ) -> None:
         self._routes = routes
         self._resume = resume
         self._metrics = metrics
         self._max_streams = max_streams
         self.active: set[RelayStream] = set()
+        #: POSTs reading their body before they relay or replay (--replay-retries); they
+        #: count towards the limit and drain as streams do.
+        self.waiting: set[ReplayCandidate] = set()
+        self._replay = (
+            ReplayContext(resume, metrics, self.active, self.waiting)
+            if resume is not None and replay_retries
+            else None
+        )
         self.draining = False
         #: Called when a drain starts (HTTP/2 connections send GOAWAY).
         self.on_drain: set[Callable[[], None]] = set()
 
     def open(self, client: ClientSide, head: RequestHead) -> EdgeStream:
         """A stream for the adapter to keep, its route resolved once; `start` it once the
-        adapter holds it. A request under RESUME_PREFIX is one for a resumable stream."""
+        adapter holds it. A request under RESUME_PREFIX is one for a resumable stream; with
+        --replay-retries a POST first reads its body, to see whether it repeats one."""
         resume = self._resume
         if resume is not None and head.target.startswith(RESUME_PREFIX):
             return ResumeRequest(client, head, resume, self._metrics)
         route = self._routes.match(head.target)
+        if self._replay is not None and head.method == b"POST" and not wants_resume(head.headers):
+            return ReplayCandidate(client, head, route.settings, route.open_upstream, self._replay)
         made = resume.new_journal() if resume is not None and wants_resume(head.headers) else None
         if resume is None or made is None:
             return RelayStream(
                 client, head, route.settings, route.open_upstream, self._metrics, self.active
             )
         stream_id, journal = made
-        side = ResumableClient(client, journal, stream_id)
+        side = ResumableClient(client, journal, stream_id, wants_event_ids(head.headers))
         stream = RelayStream(
             side,
             head,
@@ -78,7 +92,7 @@ class StreamRegistry:
             stream.start()  # takes no stream slot: the stream it resumes has one
         elif self.draining:
             stream.refuse(Overloaded("sse-relay is restarting; retry the request"))
-        elif len(self.active) > self._max_streams:
+        elif len(self.active) + len(self.waiting) > self._max_streams:
             stream.refuse(Overloaded(f"sse-relay is at its limit of {self._max_streams} streams"))
         else:
             stream.start()
@@ -90,7 +104,9 @@ class StreamRegistry:
             notify()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while self.active and loop.time() < deadline:
+        while (self.active or self.waiting) and loop.time() < deadline:
             await asyncio.sleep(0.05)
         for stream in list(self.active):
             stream.end_for_drain()
+        for candidate in list(self.waiting):
+            candidate.end_for_drain()

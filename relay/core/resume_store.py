@@ -4,7 +4,8 @@ A stream is opted in by its request (`relay-resumable: 1`). It gets an id of 192
 bits, answered in the `relay-stream-id` response header, and a journal of what its
 client was sent. It stays findable while it runs and `--resume-retain` seconds after it
 ended; past `--resume-max-bytes` its journal is dropped and it is no longer resumable.
-Journals never touch the disk, and ids are never logged whole.
+Journals never touch the disk, and ids are never logged whole. With --replay-retries
+the store also finds a stream by its request, for an identical retry (relay/core/replay.py).
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ class ResumableEntry:
     owner: bytes
     #: Set once the stream ended: when its journal is let go.
     expiry: asyncio.TimerHandle | None = field(default=None)
+    #: With --replay-retries: the keyed digest of its request, which an identical retry
+    #: repeats to take the stream over (relay/core/replay.py).
+    request_key: bytes | None = None
 
 
 def wants_resume(headers: Headers) -> bool:
@@ -57,6 +61,8 @@ class ResumeStore:
         self._entries: dict[str, ResumableEntry] = {}
         # Keyed hashes of credentials: the store never keeps a credential itself.
         self._key = secrets.token_bytes(32)
+        # Streams an identical retry may take over, by request_key (--replay-retries).
+        self._by_request: dict[bytes, list[str]] = {}
 
     def owner_of(self, headers: Headers) -> bytes:
         """The keyed hash of the caller's credential (empty input if it sent none)."""
@@ -91,6 +97,8 @@ class ResumeStore:
 
     def add(self, stream_id: str, entry: ResumableEntry) -> None:
         self._entries[stream_id] = entry
+        if entry.request_key is not None:
+            self._by_request.setdefault(entry.request_key, []).append(stream_id)
 
     def find(self, stream_id: str, owner: bytes) -> ResumableEntry | None:
         """The stream, if it is this caller's and can still be resumed; unknown, expired
@@ -112,11 +120,35 @@ class ResumeStore:
             loop = asyncio.get_running_loop()
             entry.expiry = loop.call_later(self.limits.retain, self._forget, stream_id)
 
+    def retryable(self, request_key: bytes) -> ResumableEntry | None:
+        """A stream an identical retry may take over now: no client attached, its
+        response whole in the journal. A dict lookup on a keyed digest tells nothing,
+        by its timing, about other callers' requests."""
+        for stream_id in self._by_request.get(request_key, ()):
+            entry = self._entries[stream_id]
+            if entry.client.client is None and entry.client.resumable:
+                return entry
+        return None
+
+    def forget(self, stream_id: str) -> None:
+        """Let the stream's journal go now: nothing will be served from it any more."""
+        entry = self._entries.get(stream_id)
+        if entry is not None and entry.expiry is not None:
+            entry.expiry.cancel()
+        self._forget(stream_id)
+
     def _forget(self, stream_id: str) -> None:
-        self._entries.pop(stream_id, None)
+        entry = self._entries.pop(stream_id, None)
+        key = None if entry is None else entry.request_key
+        if key is not None:
+            same = self._by_request[key]
+            same.remove(stream_id)
+            if not same:
+                del self._by_request[key]
 
     def close(self) -> None:
         for entry in self._entries.values():
             if entry.expiry is not None:
                 entry.expiry.cancel()
         self._entries.clear()
+        self._by_request.clear()

@@ -152,6 +152,11 @@ class RelayMetrics:
             "Journal bytes sent again to resuming clients",
             registry=registry,
         )
+        self._replayed_retries = Counter(
+            "sse_relay_replayed_retries",
+            "Identical retries of a dropped stream answered from its journal (--replay-retries)",
+            registry=registry,
+        )
         self._sse_compressed = Counter(
             "sse_relay_sse_compressed",
             "SSE responses that arrived content-encoded and so took no keepalives",
@@ -243,6 +248,10 @@ class RelayMetrics:
         """A resume request answered (`outcome`), with `replayed` journal bytes."""
         self._resumes.labels(outcome).inc()
         self._replayed.inc(replayed)
+
+    def retry_replayed(self) -> None:
+        """An identical retry was answered from a dropped stream's journal."""
+        self._replayed_retries.inc()
 
     def quic_dropped(self) -> None:
         self._quic_dropped.inc()

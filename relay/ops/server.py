@@ -129,7 +129,7 @@ async def serve(config: RelayConfig, worker_id: int | None = None) -> None:
             config.resume_max_total,
         )
     )
-    streams = StreamRegistry(routes, metrics, config.max_streams, resume)
+    streams = StreamRegistry(routes, metrics, config.max_streams, resume, config.replay_retries)
     metrics.watch_resume(resume.detached, resume.journal_bytes)
     context = EdgeContext(config, streams, metrics)
     servers = [
@@ -172,7 +172,7 @@ async def serve(config: RelayConfig, worker_id: int | None = None) -> None:
             server.close()
         if quic is not None:
             quic.accepting = False  # live QUIC connections keep their socket
-        live = len(streams.active)
+        live = len(streams.active) + len(streams.waiting)
         log.info("draining %d streams for up to %g s", live, config.drain_timeout)
         await streams.drain(config.drain_timeout)
         await asyncio.sleep(_FLUSH_SECONDS)

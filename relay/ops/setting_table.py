@@ -223,6 +223,15 @@ SETTINGS: tuple[Setting, ...] = (
         switch=True,
     ),
     Setting(
+        "replay-retries",
+        _boolean,
+        "answer an identical re-send of a POST whose client dropped mid-stream from that "
+        "stream's journal, with no new upstream request; every POST is then journaled, so "
+        "a client that drops leaves upstream running for --resume-grace instead of "
+        "aborting it at once",
+        switch=True,
+    ),
+    Setting(
         "http3",
         _boolean,
         "also serve HTTP/3 (QUIC, UDP) on the TLS listener's port; needs --tls-cert",
