@@ -12,7 +12,7 @@ TEST_TOOLS := curl=curl nghttp=nghttp2-client nghttpd=nghttp2-server node=nodejs
 NODE_DIR := tests/node
 NODE_STAMP := $(NODE_DIR)/node_modules/.installed
 
-.PHONY: install run sim demo dist test lint system-deps node-install bench bench-quick bench-profile clean
+.PHONY: install run sim demo demo-resume dist test lint system-deps node-install bench bench-quick bench-profile clean
 
 $(STAMP): pyproject.toml setup.py relay/sse/_fastsse.pyx relay/sse/_fastsse.pxd
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ sim: install
 
 demo: install
 	$(BIN)/python scripts/demo.py
+
+# A cut between a local relay (--resume-upstream) and a remote one, resumed unseen.
+demo-resume: install
+	$(BIN)/python scripts/demo_resume.py
 
 # One self-contained executable, dist/sse-relay (PyInstaller one-file, Cython scanner in).
 dist: install

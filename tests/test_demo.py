@@ -54,3 +54,48 @@ def test_demo_shows_the_kill_and_the_rescue() -> None:
     assert len(access) == 1 and access[0]["outcome"] == "completed"
     assert access[0]["keepalives"] == len(arrivals)
     shutil.rmtree(Path(match.group(1)).parent)  # kept for a person, not for a test run
+
+
+def test_demo_resume_shows_the_cut_and_the_resume() -> None:
+    """`make demo-resume`: its story in order, every claim checked by the script itself
+    (it exits 1 otherwise), and no process left behind."""
+    began = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "demo_resume.py")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    took = time.monotonic() - began
+    out = done.stdout
+    assert done.returncode == 0, out + done.stderr
+    assert took < 60, f"the demo took {took:.0f} s"  # it should take about 8
+    assert done.stderr == ""
+    story = [
+        "1. Fault-free: the SDK straight to upstream",
+        "2. The SDK -> local relay -> cutting proxy -> remote relay -> upstream",
+        "content_block_delta (thinking_delta)",
+        "-- the proxy cut the connection after",
+        "local relay:  resuming POST /v1/messages from byte",
+        "remote relay: resumed stream",
+        "message_stop",
+        "[ok] the proxy cut the stream once, mid-thinking",
+        "[ok] the local relay resumed it from the byte it had",
+        "[ok] its final message is identical to the fault-free run's",
+        "[ok] upstream saw 1 request for it",
+    ]
+    at = [out.find(line) for line in story]
+    assert -1 not in at and at == sorted(at), out
+    assert "FAILED" not in out
+    # Both relays resumed at the same byte, and the remote replayed the cut keepalive's rest.
+    asked = re.search(r"from byte (\d+)", out)
+    served = re.search(r"at byte (\d+) \((\d+) replayed\)", out)
+    assert asked and served and asked.group(1) == served.group(1), out
+    assert served.group(2) == str(len(b"alive\n\n"))
+    match = re.search(r"The relays' JSON logs: (\S+)", out)
+    assert match, out
+    logs = Path(match.group(1))
+    for log in ("remote.log", "local.log"):  # both relays stopped: their last line says so
+        assert "sse-relay stopped" in (logs / log).read_text().splitlines()[-1]
+    shutil.rmtree(logs)
