@@ -9,6 +9,7 @@ which gets the journal from its offset and then the live tail.
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Protocol
 
 from relay.core.exchange import ClientSide, Headers
 from relay.core.journal import Ending, Journal
@@ -27,15 +28,35 @@ def short_id(stream_id: str) -> str:
     return stream_id[:8]
 
 
+class JournalMirror(Protocol):
+    """A copy of the journal kept where other relay instances can resume from it
+    (relay/journal/redis_writer.py). It batches: nothing here may block or do IO."""
+
+    def head(self, status: int, headers: Headers) -> None: ...
+    def body(self, data: bytes) -> None: ...
+    def end(self, ending: Ending) -> None: ...
+
+
 class ResumableClient:
     """Journals what the stream writes and forwards it to the attached client, if any."""
 
-    __slots__ = ("_detached_at", "_head", "client", "detached", "journal", "resumes", "stream_id")
+    __slots__ = (
+        "_detached_at",
+        "_head",
+        "client",
+        "detached",
+        "journal",
+        "mirror",
+        "resumes",
+        "stream_id",
+    )
 
     def __init__(self, client: ClientSide, journal: Journal, stream_id: str) -> None:
         #: The connection that takes the stream now; None while detached.
         self.client: ClientSide | None = client
         self.journal = journal
+        #: The shared journal's copy, when there is one (--journal redis://...).
+        self.mirror: JournalMirror | None = None
         self.stream_id = stream_id
         self._head: tuple[int, Headers] | None = None
         #: Resumes served, and seconds spent with no client attached (for the record).
@@ -49,21 +70,25 @@ class ResumableClient:
         if 200 <= status < 300:
             headers = [*headers, (STREAM_ID_HEADER, self.stream_id.encode())]
         self._head = (status, headers)
+        if self.mirror is not None:
+            self.mirror.head(status, headers)
         if self.client is not None:
             self.client.send_head(status, headers)
 
     def send_body(self, data: bytes) -> None:
         self.journal.append(data)
+        if self.mirror is not None:
+            self.mirror.body(data)
         if self.client is not None:
             self.client.send_body(data)
 
     def send_end(self) -> None:
-        self.journal.ending = Ending.END
+        self._ended(Ending.END)
         if self.client is not None:
             self.client.send_end()
 
     def abort(self) -> None:
-        self.journal.ending = Ending.RESET
+        self._ended(Ending.RESET)
         client, self.client = self.client, None
         if client is not None:
             client.abort()
@@ -75,6 +100,11 @@ class ResumableClient:
     def resume_request_body(self) -> None:
         if self.client is not None:
             self.client.resume_request_body()
+
+    def _ended(self, ending: Ending) -> None:
+        self.journal.ending = ending
+        if self.mirror is not None:
+            self.mirror.end(ending)
 
     # -- taking the stream over -------------------------------------------------------
 

@@ -152,6 +152,13 @@ class RelayMetrics:
             "Journal bytes sent again to resuming clients",
             registry=registry,
         )
+        self._journal_errors = Counter(
+            "sse_relay_journal_errors",
+            "Shared journal (Redis) operations that failed, by op: write (a flush; the "
+            "streams relay on, resumable on this instance only), read (a resume)",
+            ["op"],
+            registry=registry,
+        )
         self._sse_compressed = Counter(
             "sse_relay_sse_compressed",
             "SSE responses that arrived content-encoded and so took no keepalives",
@@ -243,6 +250,9 @@ class RelayMetrics:
         """A resume request answered (`outcome`), with `replayed` journal bytes."""
         self._resumes.labels(outcome).inc()
         self._replayed.inc(replayed)
+
+    def journal_failed(self, op: str) -> None:
+        self._journal_errors.labels(op).inc()
 
     def quic_dropped(self) -> None:
         self._quic_dropped.inc()
