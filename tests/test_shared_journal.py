@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import re
 import signal
+import socket
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import cast
@@ -245,3 +247,44 @@ def test_a_drain_with_a_detached_stream_leaves_its_ending_in_redis(
     match = LOST.search(answer.content)
     assert match, answer.content[-300:]
     assert b"restarting" in match.group(1)
+
+
+def test_the_newest_resumer_takes_over_across_instances(
+    sim: SimServer, pair: tuple[RelayProcess, RelayProcess]
+) -> None:
+    """A resume on the owner takes the stream from a resumer on the other instance, as
+    on one instance: the older one is reset (an error, never a clean end)."""
+    owner, other = pair
+    stream_id, have = cut_stream(owner.port, script(gaps=[[3, 30]]))
+    outcome: list[str] = []
+
+    def older() -> None:
+        with (
+            httpx2.Client(timeout=30) as client,
+            client.stream(
+                "GET",
+                f"{other.url}/relay/v1/streams/{stream_id}?offset={len(have)}",
+                headers={"x-api-key": "sk-owner"},
+            ) as response,
+        ):
+            assert response.status_code == 200
+            try:
+                for _ in response.iter_raw():
+                    pass
+                outcome.append("clean end")
+            except httpx2.HTTPError as error:
+                outcome.append(type(error).__name__)
+
+    served = other.stderr_text.count(b"from the shared journal")
+    reader = threading.Thread(target=older)
+    reader.start()
+    wait_for(lambda: other.stderr_text.count(b"from the shared journal") > served, timeout=5)
+    with socket.create_connection(("127.0.0.1", owner.port), timeout=10) as newer:
+        newer.sendall(
+            f"GET /relay/v1/streams/{stream_id}?offset={len(have)} HTTP/1.1\r\n"
+            "host: relay\r\nx-api-key: sk-owner\r\n\r\n".encode()
+        )
+        assert newer.recv(65536).startswith(b"HTTP/1.1 200")
+        reader.join(10)
+    assert outcome and outcome[0] != "clean end"
+    assert b"taken over by a newer resume" in other.stderr_text

@@ -35,6 +35,7 @@ class JournalMirror(Protocol):
     def head(self, status: int, headers: Headers) -> None: ...
     def body(self, data: bytes) -> None: ...
     def end(self, ending: Ending) -> None: ...
+    def attached(self, client: ClientSide) -> None: ...
 
 
 class ResumableClient:
@@ -146,6 +147,8 @@ class ResumableClient:
         previous, self.client = self.client, None
         if previous is not None:
             previous.abort()  # taken over: the newest resumer has the stream
+        if self.mirror is not None:
+            self.mirror.attached(client)
         client.send_head(*self._head)
         for chunk in replay:
             client.send_body(chunk)

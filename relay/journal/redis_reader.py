@@ -69,7 +69,6 @@ class JournalReader:
         self._seal = StreamSeal(stream_id, credential)
         self._offset = offset
         self._token = secrets.token_hex(8).encode()
-        self._claimed = False
         self._flowing = asyncio.Event()
         self._flowing.set()
         self._task: asyncio.Task[None] | None = None
@@ -127,6 +126,8 @@ class JournalReader:
         if self._offset is None:
             await self._cancel()
             return
+        # Claimed before anything is answered: a resumer anywhere after this one wins.
+        await self._redis.set(self._key + ":r", self._token, px=ALIVE_MS)
         self._take(entries[1:])
         loop = asyncio.get_running_loop()
         next_check = 0.0
@@ -189,12 +190,11 @@ class JournalReader:
         pipe.get(self._key + ":r")
         pipe.exists(self._key + ":a")
         holder, alive = await pipe.execute()
-        if self._claimed and holder != self._token:
+        if holder not in (None, self._token):  # None: lapsed, and nobody else claimed
             log.info("stream %s was taken over by a newer resume", self._short)
             self._client.abort()
             return False
         await self._redis.set(self._key + ":r", self._token, px=ALIVE_MS)
-        self._claimed = True
         if alive:
             return True
         # The owner's liveness lapsed: whatever it flushed last is in the stream now.

@@ -26,7 +26,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
-from relay.core.exchange import Headers
+from relay.core.exchange import ClientSide, Headers
 from relay.core.journal import Ending
 from relay.core.resumable import ResumableClient
 from relay.core.stream import RelayStream
@@ -47,11 +47,7 @@ class RemoteClient:
     the stream from Redis, so nothing is written here; attached, it keeps the stream
     from ending at its grace period, and its keepalives go into the journal."""
 
-    __slots__ = ("taken_over",)
-
-    def __init__(self) -> None:
-        #: A resumer here took the stream over: the other instance's reader must stop.
-        self.taken_over = False
+    __slots__ = ()
 
     def send_head(self, status: int, headers: Headers) -> None:
         pass
@@ -63,7 +59,7 @@ class RemoteClient:
         pass
 
     def abort(self) -> None:
-        self.taken_over = True
+        pass
 
     def pause_request_body(self) -> None:
         pass
@@ -83,10 +79,12 @@ class StreamMirror:
         "_queued",
         "_unsent",
         "_writer",
+        "claimed_here",
         "done",
         "entries",
         "key",
         "remote",
+        "remote_token",
         "seal",
         "side",
         "size",
@@ -116,8 +114,12 @@ class StreamMirror:
         #: Entries numbered so far, and body bytes put in entries so far.
         self.entries = 0
         self.size = 0
-        #: The client attached through another instance, if one is.
+        #: The client attached through another instance, if one is, and the claim
+        #: (`:r`) of the newest resumer seen there.
         self.remote: RemoteClient | None = None
+        self.remote_token: bytes | None = None
+        #: A resumer here took the stream: a resumer elsewhere must be told to stop.
+        self.claimed_here = False
         #: Nothing more goes to Redis (ended and written, or given up).
         self.done = False
 
@@ -145,6 +147,11 @@ class StreamMirror:
         if not self.done:
             self._ending = ending
             self._queue()
+            self._writer.wake()
+
+    def attached(self, client: ClientSide) -> None:
+        if client is not self.remote and not self.done:
+            self.claimed_here = True
             self._writer.wake()
 
     def _queue(self) -> None:
@@ -254,7 +261,7 @@ class JournalWriter:
         self._queued.clear()
         batch = list(dict.fromkeys(batch))
         tick = now != math.inf and now >= self._next_tick
-        polled = [m for m in self._live if not m.done] if tick else []
+        polled = [m for m in self._live if not m.done and (tick or m.claimed_here)]
         if not batch and not polled and not self._forget:
             return
         pipe = self._redis.pipeline(transaction=False)
@@ -265,8 +272,9 @@ class JournalWriter:
         for mirror in polled:
             if mirror not in batch:
                 pipe.set(mirror.key + ":a", b"1", px=ALIVE_MS)
-            if mirror.remote is not None and mirror.remote.taken_over:
+            if mirror.claimed_here:  # before the reads below: a claim elsewhere is older
                 pipe.set(mirror.key + ":r", b"taken", px=ALIVE_MS)
+                mirror.claimed_here = False
         for mirror in polled:  # last: their answers are read by position
             pipe.get(mirror.key + ":r")
             pipe.exists(mirror.key + ":c")
@@ -299,7 +307,8 @@ class JournalWriter:
                 continue
             here = mirror.remote is not None and mirror.stream.is_attached(mirror.remote)
             if remote not in (None, b"taken"):
-                if not here:  # the newest resumer has the stream, wherever it is
+                if remote != mirror.remote_token:  # a newer resumer elsewhere: it wins
+                    mirror.remote_token = remote
                     mirror.remote = RemoteClient()
                     mirror.stream.attach(mirror.remote, mirror.side.journal.size)
             elif here:
