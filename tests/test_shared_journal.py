@@ -7,10 +7,8 @@ from __future__ import annotations
 import re
 import signal
 import socket
-import subprocess
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import cast
 
 import httpx2
@@ -21,7 +19,6 @@ from tests.clients import KEEPALIVE, STREAM_BODY, script, wait_for
 from tests.redisproc import RedisServer, free_port
 from tests.relayproc import RelayProcess
 from tests.simserver import SimServer
-from tests.test_deploy_compose import HAPROXY, _accepts
 from tests.test_resume import RESUMABLE, PartialStream, direct, resume
 
 GAP = script(gaps=[[3, 1.0]])
@@ -93,38 +90,6 @@ def test_a_resume_on_the_other_instance_keeps_the_stream_past_its_grace(
     assert answer.status_code == 200
     assert KEEPALIVE in answer.content  # written by the owner while the client was elsewhere
     assert (have + answer.content).replace(KEEPALIVE, b"") == expected
-
-
-def test_behind_haproxy_round_robin_the_resume_lands_on_the_other_instance(
-    sim: SimServer, pair: tuple[RelayProcess, RelayProcess], tmp_path: Path
-) -> None:
-    assert HAPROXY, "haproxy: `make test` installs it"
-    port = free_port()
-    config = tmp_path / "haproxy.cfg"
-    config.write_text(
-        "defaults\n    mode http\n    timeout connect 5s\n    timeout client 30s\n"
-        "    timeout server 30s\n"
-        f"frontend relays\n    bind 127.0.0.1:{port}\n    default_backend relays\n"
-        "backend relays\n    balance roundrobin\n"
-        + "".join(f"    server r{i} 127.0.0.1:{r.port}\n" for i, r in enumerate(pair))
-    )
-    proxy = subprocess.Popen([HAPROXY, "-db", "-f", str(config)], stdout=subprocess.DEVNULL)
-    try:
-        wait_for(lambda: _accepts(port), timeout=10)
-        logged = [relay.stderr_text.count(b"from the shared journal") for relay in pair]
-        expected = direct(sim, GAP)
-        before = len(sim.requests)
-        stream_id, have = cut_stream(port, GAP)
-        answer = resume(f"http://127.0.0.1:{port}", stream_id, len(have))
-    finally:
-        proxy.terminate()
-        proxy.wait(10)
-    assert answer.status_code == 200
-    assert (have + answer.content).replace(KEEPALIVE, b"") == expected
-    assert len(sim.requests) - before == 1
-    # Round robin sent the resume to the instance that did not run the stream.
-    now = [relay.stderr_text.count(b"from the shared journal") for relay in pair]
-    assert sum(now) - sum(logged) == 1
 
 
 def test_the_owner_dying_gives_the_journaled_part_then_the_error_frame(
