@@ -24,12 +24,13 @@ import math
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 
 from relay.core.exchange import ClientSide, Headers
 from relay.core.journal import Ending
 from relay.core.resumable import ResumableClient
 from relay.core.stream import RelayStream
+from relay.journal.redis_scripts import APPEND, POLL
 from relay.journal.sealing import END, RESET, StreamSeal, encode_head, key_of
 from relay.ops.metrics import RelayMetrics
 
@@ -109,8 +110,8 @@ class StreamMirror:
         self._pending_size = 0
         self._ending: Ending | None = None
         self._queued = False
-        #: Entries built but not yet acknowledged by Redis, with their ids.
-        self._unsent: list[tuple[str, dict[str, bytes]]] = []
+        #: Entries built but not yet acknowledged by Redis: (id, field, value).
+        self._unsent: list[tuple[str, str, bytes]] = []
         #: Entries numbered so far, and body bytes put in entries so far.
         self.entries = 0
         self.size = 0
@@ -186,16 +187,13 @@ class StreamMirror:
 
     def _add(self, field: str, value: bytes) -> None:
         self.entries += 1
-        self._unsent.append((f"{self.entries}-0", {field: value}))
+        self._unsent.append((f"{self.entries}-0", field, value))
 
-    def write(self, pipe: Any, ttl_ms: int) -> None:
-        for entry_id, fields in self._unsent:
-            pipe.xadd(self.key, fields, id=entry_id)
-        pipe.pexpire(self.key, ttl_ms)
-        if self.done:
-            pipe.delete(self.key + ":a")
-        else:
-            pipe.set(self.key + ":a", b"1", px=ALIVE_MS)
+    def append_args(self, args: list[bytes | str | int]) -> None:
+        """This stream's part of an APPEND script call (relay/journal/redis_scripts.py)."""
+        args += (len(self._unsent), 1 if self.done else 0)
+        for entry in self._unsent:
+            args += entry
 
     def written(self) -> None:
         self._unsent.clear()
@@ -204,7 +202,7 @@ class StreamMirror:
         return bool(self._unsent)
 
     def unsent_bytes(self) -> int:
-        return sum(len(value) for _, fields in self._unsent for value in fields.values())
+        return sum(len(value) for _, _, value in self._unsent)
 
 
 class JournalWriter:
@@ -212,6 +210,8 @@ class JournalWriter:
 
     def __init__(self, redis: Redis, retain: float, max_bytes: int, metrics: RelayMetrics) -> None:
         self._redis = redis
+        self._append = redis.register_script(APPEND)
+        self._poll = redis.register_script(POLL)
         self._ttl_ms = max(1000, int(retain * 1000))
         self._max_bytes = max_bytes
         self._metrics = metrics
@@ -264,28 +264,21 @@ class JournalWriter:
         polled = [m for m in self._live if not m.done and (tick or m.claimed_here)]
         if not batch and not polled and not self._forget:
             return
-        pipe = self._redis.pipeline(transaction=False)
-        for mirror in batch:
-            mirror.write(pipe, self._ttl_ms)
-        for key in self._forget:
-            pipe.delete(key, key + ":a")
-        for mirror in polled:
-            if mirror not in batch:
-                pipe.set(mirror.key + ":a", b"1", px=ALIVE_MS)
-            if mirror.claimed_here:  # before the reads below: a claim elsewhere is older
-                pipe.set(mirror.key + ":r", b"taken", px=ALIVE_MS)
-                mirror.claimed_here = False
-        for mirror in polled:  # last: their answers are read by position
-            pipe.get(mirror.key + ":r")
-            pipe.exists(mirror.key + ":c")
         try:
-            results = await pipe.execute(raise_on_error=False)
+            if batch:
+                args: list[bytes | str | int] = [self._ttl_ms, ALIVE_MS]
+                for mirror in batch:
+                    mirror.append_args(args)
+                await self._append(keys=[mirror.key for mirror in batch], args=args)
+            if self._forget:
+                await self._redis.delete(*self._forget, *(key + ":a" for key in self._forget))
+            answers: list[Any] = []
+            if polled:
+                claims = [1 if mirror.claimed_here else 0 for mirror in polled]
+                keys = [mirror.key for mirror in polled]
+                answers = await self._poll(keys=keys, args=[ALIVE_MS, *claims])
         except (RedisError, OSError) as error:
             self._failed(batch, error)
-            return
-        failures = [r for r in results if isinstance(r, Exception) and not _is_rewrite(r)]
-        if failures:
-            self._failed(batch, failures[0])
             return
         if tick:
             self._next_tick = now + TICK_SECONDS
@@ -296,7 +289,9 @@ class JournalWriter:
             if mirror.done:
                 self._live.discard(mirror)
         self._unsent = []
-        self._apply_requests(polled, results[len(results) - 2 * len(polled) :])
+        for mirror in polled:
+            mirror.claimed_here = False
+        self._apply_requests(polled, answers)
 
     def _apply_requests(self, polled: list[StreamMirror], results: list[Any]) -> None:
         """What other instances asked of the streams: cancel, or a resume there."""
@@ -347,8 +342,3 @@ class JournalWriter:
             self._task.cancel()
             self._task = None
         await self.flush()
-
-
-def _is_rewrite(error: BaseException) -> bool:
-    """An entry a retried flush had already written: Redis refuses the same id twice."""
-    return isinstance(error, ResponseError) and "equal or smaller" in str(error)
