@@ -7,7 +7,8 @@ LISTEN ?= 127.0.0.1:8080
 STAMP := $(VENV)/.installed
 # nghttpd: an HTTP/2 upstream other than h2 (tests/test_nghttpd_upstream.py).
 # haproxy: deploy/compose/haproxy.cfg, checked and run (tests/test_deploy_compose.py).
-TEST_TOOLS := curl=curl nghttp=nghttp2-client nghttpd=nghttp2-server node=nodejs npm=npm haproxy=haproxy
+# redis-server: the shared journal's tests start one on a free port (tests/redisproc.py).
+TEST_TOOLS := curl=curl nghttp=nghttp2-client nghttpd=nghttp2-server node=nodejs npm=npm haproxy=haproxy redis-server=redis-server
 # The TypeScript SDK the tests drive (tests/test_ts_sdk.py), pinned by its lock file.
 NODE_DIR := tests/node
 NODE_STAMP := $(NODE_DIR)/node_modules/.installed

@@ -14,12 +14,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import machine, plot, report, scanner_speed, scenarios
+from bench import machine, plot, report, resume_cost, resume_report, scanner_speed, scenarios
 from bench.plan import PLANS, Plan
 from bench.procs import CONTENDER_CPUS, HARNESS_CPUS, pinning_enabled
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SCENARIOS = ("scanner", "latency", "cost", "h2-h3", "idle")
+SCENARIOS = ("scanner", "latency", "cost", "h2-h3", "idle", "resume")
 
 
 def say(line: str) -> None:
@@ -71,9 +71,12 @@ def run(plan: Plan, only: tuple[str, ...]) -> dict[str, Any]:
             if "idle" in only:
                 say(f"scenario 3: {plan.idle_streams} idle streams")
                 results["idle"] = scenarios.idle(plan, upstream, workdir, say)
+            if "resume" in only:
+                say("scenario 6: the cost of resumable streams")
+                results["resume"] = resume_cost.run(plan, upstream, workdir, say)
         finally:
             emitter.stop()
-    results["targets"] = report.targets(results)
+    results["targets"] = report.targets(results) + resume_report.targets(results)
     meta["duration_s"] = round(time.monotonic() - started_at, 1)
     return results
 
@@ -102,7 +105,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     results = run(PLANS["quick" if args.quick else "full"], tuple(args.only))
-    text = report.markdown(results)
+    text = report.markdown(results, resume_report.section(results))
     say("")
     say(text)
     for path in save(results, text):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from aioquic.asyncio.protocol import QuicConnectionProtocol
@@ -32,7 +33,13 @@ class H3ClientConnection(QuicConnectionProtocol):
         self.first_byte_ns: dict[int, int] = {}
 
     def open(
-        self, path: bytes, authority: bytes, body: bytes, tally: StreamTally, on_done: OnDone
+        self,
+        path: bytes,
+        authority: bytes,
+        body: bytes,
+        tally: StreamTally,
+        on_done: OnDone,
+        extra: Sequence[tuple[bytes, bytes]] = (),
     ) -> None:
         """Starts a POST; call `transmit` after a batch of them."""
         stream_id = self._quic.get_next_available_stream_id()
@@ -43,6 +50,7 @@ class H3ClientConnection(QuicConnectionProtocol):
             (b":path", path),
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
+            *extra,
         ]
         self._h3.send_headers(stream_id, headers)
         self._h3.send_data(stream_id, body, end_stream=True)

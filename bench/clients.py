@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import cast
 
 import h2.config
@@ -97,7 +97,13 @@ class H2cConnection(asyncio.Protocol):
         self.flush()
 
     def open(
-        self, path: bytes, authority: bytes, body: bytes, tally: StreamTally, on_done: OnDone
+        self,
+        path: bytes,
+        authority: bytes,
+        body: bytes,
+        tally: StreamTally,
+        on_done: OnDone,
+        extra: Sequence[tuple[bytes, bytes]] = (),
     ) -> None:
         """Starts a POST; call `flush` after a batch of them."""
         stream_id: int = self._conn.get_next_available_stream_id()
@@ -108,6 +114,7 @@ class H2cConnection(asyncio.Protocol):
             (b":authority", authority),
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
+            *extra,
         ]
         self._conn.send_headers(stream_id, headers)
         self._streams[stream_id] = (tally, on_done)

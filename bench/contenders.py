@@ -17,12 +17,14 @@ from pathlib import Path
 import trustme
 
 from bench.proc_stats import children
-from bench.procs import CONTENDER_CPUS, ServerProcess, free_port, wait_for_port
+from bench.procs import CONTENDER_CPUS, HARNESS_CPUS, ServerProcess, free_port, wait_for_port
 
 _LISTENING = re.compile(rb"listening on http://[^:]+:(\d+)")
 _H3_LISTENING = re.compile(rb"h3://[^:]+:(\d+)")
+_ADMIN = re.compile(rb"admin=(http://\S+)")
 # Debian puts nginx in /usr/sbin, which is not on every user's PATH.
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 
 @dataclass
@@ -37,6 +39,12 @@ class Running:
     #: HTTP/3 (UDP), with the CA file its certificate chains to.
     h3_url: str | None = None
     ca_file: str = ""
+    #: Request headers the load generator must send ("name: value").
+    request_headers: tuple[str, ...] = ()
+    #: Processes the contender hands work to (its Redis): counted apart from `pids`.
+    side_pids: tuple[int, ...] = ()
+    #: The relay's admin listener (/metrics), when it has one.
+    admin_url: str | None = None
 
     def stop(self) -> None:
         for process in self.processes:
@@ -72,6 +80,12 @@ class SseRelay(Contender):
         self.label = f"sse-relay ({scanner})"
 
     def start(self, upstream: str, workdir: Path, keepalive_interval: float) -> Running:
+        # Off: its fixed default port would clash between the two relays.
+        return self._start(upstream, workdir, keepalive_interval, ["--admin-listen", "off"])
+
+    def _start(
+        self, upstream: str, workdir: Path, keepalive_interval: float, extra: list[str]
+    ) -> Running:
         env = {"SSE_RELAY_NO_EXTENSIONS": "1"} if self.scanner == "python" else {}
         args = [
             sys.executable,
@@ -88,8 +102,7 @@ class SseRelay(Contender):
             "--drain-timeout",
             "1",
             *self._http3_args(workdir),
-            # Off: its fixed default port would clash between the two relays.
-            *("--admin-listen", "off"),
+            *extra,
         ]
         process = ServerProcess(
             args, workdir / f"{self.key}.log", cpus=CONTENDER_CPUS, ready=_LISTENING, env=env
@@ -102,6 +115,7 @@ class SseRelay(Contender):
             raise RuntimeError(f"wanted the {self.scanner} scanner: {process.ready_line!r}")
         url = f"http://127.0.0.1:{match.group(1).decode()}"
         h3 = _H3_LISTENING.search(process.ready_line)
+        admin = _ADMIN.search(process.ready_line)
         # One port serves HTTP/1.1 and h2c (prior knowledge); HTTP/3 has its own.
         return Running(
             self.key,
@@ -111,6 +125,7 @@ class SseRelay(Contender):
             processes=[process],
             h3_url=f"https://127.0.0.1:{h3.group(1).decode()}" if h3 else None,
             ca_file=str(workdir / "ca.pem"),
+            admin_url=admin.group(1).decode() if admin else None,
         )
 
     @staticmethod
@@ -128,6 +143,80 @@ class SseRelay(Contender):
             *("--tls-listen", "127.0.0.1:0", "--tls-cert", str(cert), "--tls-key", str(key)),
             "--http3",
         ]
+
+
+class ResumableRelay(SseRelay):
+    """sse-relay (Cython scanner) for the cost of resumability (bench/resume_cost.py):
+    `journal` "off" (no header: the plain relay, same flags otherwise), "memory"
+    (`relay-resumable: 1` on every request) or "redis" (that, and `--journal` on a
+    redis-server started with it, on the harness core as if on another machine).
+
+    `retain` is `--resume-retain`: short for the CPU runs (the journals of one round
+    must not pile up into the next), long for the memory runs (still held when read).
+    Each has an admin listener on a free port, whose metrics prove the streams were
+    resumable."""
+
+    def __init__(self, journal: str, retain: float) -> None:
+        super().__init__("cython")
+        self.journal = journal
+        self.retain = retain
+        self.key = f"resume-{journal}"
+        self.label = LABELS_RESUME[journal]
+
+    def start(self, upstream: str, workdir: Path, keepalive_interval: float) -> Running:
+        extra = [
+            *("--admin-listen", "127.0.0.1:0"),
+            *("--resume-retain", f"{self.retain:g}"),
+            # A client gone mid-stream (none should be) must not keep upstream busy.
+            *("--resume-grace", "1"),
+            # Every stream journaled: the default 1 GiB could refuse some at scale.
+            *("--resume-max-total", str(2**40)),
+        ]
+        redis: ServerProcess | None = None
+        if self.journal == "redis":
+            redis, url = start_redis(workdir)
+            extra += ["--journal", url]
+        try:
+            running = self._start(upstream, workdir, keepalive_interval, extra)
+        except BaseException:
+            if redis is not None:
+                redis.stop()
+            raise
+        if self.journal != "off":
+            running.request_headers = ("relay-resumable: 1",)
+        if redis is not None:
+            running.processes.append(redis)  # stopped after the relay, which flushes to it
+            running.side_pids = (redis.pid,)
+        return running
+
+
+LABELS_RESUME = {
+    "off": "sse-relay (plain)",
+    "memory": "sse-relay (resumable, memory)",
+    "redis": "sse-relay (resumable, Redis)",
+}
+
+
+def start_redis(workdir: Path) -> tuple[ServerProcess, str]:
+    """A fresh, empty redis-server on a free 127.0.0.1 port: no snapshots, no append-only
+    file (the journal is a cache with a TTL; disk writes would time the disk)."""
+    port = free_port()
+    data = workdir / f"redis-{port}"
+    data.mkdir()
+    args = [
+        REDIS_SERVER,
+        *("--bind", "127.0.0.1", "--port", str(port)),
+        *("--save", "", "--appendonly", "no", "--dir", str(data)),
+        # To a file: nobody reads its stdout once it runs, and a full pipe would block it.
+        *("--logfile", str(data / "redis.log")),
+    ]
+    process = ServerProcess(args, workdir / f"redis-{port}.log", cpus=HARNESS_CPUS)
+    try:
+        wait_for_port(port)
+    except RuntimeError:
+        process.stop()
+        raise
+    return process, f"redis://127.0.0.1:{port}/0"
 
 
 class Nginx(Contender):

@@ -54,6 +54,11 @@ class LoadSpec:
     duty: float = 1.0
     keepalive_interval: float = 1.0
     watch: tuple[int, ...] = ()
+    #: Extra request headers, "name: value" (e.g. relay-resumable: 1).
+    headers: tuple[str, ...] = ()
+    #: Processes the contender's work moved to (its Redis): sampled at the same edges,
+    #: reported apart as side_*, so the contender's own figures stay its own.
+    side: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -86,12 +91,15 @@ class _Sampler:
     loop may take them late, and rates use the real span), and how busy the load
     generator's own cores were: near 100% the run measures the harness, not the contender."""
 
-    def __init__(self, pids: tuple[int, ...]) -> None:
+    def __init__(self, pids: tuple[int, ...], side: tuple[int, ...] = ()) -> None:
         self.pids = pids
+        self.side = side
         self.harness_cores = sorted(os.sched_getaffinity(0))
         # (time ns, harness busy s, contender CPU s, contender user s, contender kernel s)
         self.samples: list[tuple[int, float, float, float, float]] = []
+        self.side_samples: list[tuple[float, float, float]] = []
         self.rss_kib = 0
+        self.side_rss_kib = 0
 
     def sample(self) -> None:
         cpu, user, system = 0.0, 0.0, 0.0
@@ -99,6 +107,9 @@ class _Sampler:
             cpu = cpu_seconds(self.pids)
             user, system = user_system_seconds(self.pids)
             self.rss_kib = rss_kib(self.pids)
+        if self.side:
+            self.side_samples.append((cpu_seconds(self.side), *user_system_seconds(self.side)))
+            self.side_rss_kib = rss_kib(self.side)
         busy = cores_busy_seconds(self.harness_cores)
         self.samples.append((time.monotonic_ns(), busy, cpu, user, system))
 
@@ -124,6 +135,18 @@ class _Sampler:
                 "kernel_share": round((system_b - system_a) / ticked, 4) if ticked else None,
                 "rss_kib": self.rss_kib,
             }
+        if len(self.side_samples) == 2:
+            (cpu_a, user_a, system_a), (cpu_b, user_b, system_b) = self.side_samples
+            utilization = (cpu_b - cpu_a) / span
+            ticked = (user_b - user_a) + (system_b - system_a)
+            found |= {
+                "side_cpu_util": round(utilization, 4),
+                "side_cpu_s_per_mevent": (
+                    round(utilization / events_per_s * 1e6, 3) if events_per_s else None
+                ),
+                "side_kernel_share": round((system_b - system_a) / ticked, 4) if ticked else None,
+                "side_rss_kib": self.side_rss_kib,
+            }
         return found
 
 
@@ -133,7 +156,7 @@ async def run(spec: LoadSpec) -> dict[str, Any]:
     start_ns = t0 + int(spec.ramp * 1e9)
     end_ns = start_ns + int(spec.measure * 1e9)
     tally = RunTally(start_ns, end_ns, int(spec.keepalive_interval * 1e9))
-    sampler = _Sampler(spec.watch)
+    sampler = _Sampler(spec.watch, spec.side)
     loop.call_at(start_ns / 1e9, sampler.sample)
     loop.call_at(end_ns / 1e9, sampler.sample)
     progress = _Progress()
@@ -159,14 +182,21 @@ async def _spread(spec: LoadSpec, started: float, opened: int) -> None:
     await asyncio.sleep(max(0.0, due - time.monotonic()))
 
 
+def _header_pairs(spec: LoadSpec) -> list[tuple[bytes, bytes]]:
+    """`--header` values as (lower-case name, value) pairs, as HTTP/2 and 3 want them."""
+    pairs = [header.split(":", 1) for header in spec.headers]
+    return [(name.strip().lower().encode(), value.strip().encode()) for name, value in pairs]
+
+
 async def _open_h1(
     spec: LoadSpec, host: str, port: int, path: bytes, tally: RunTally, progress: _Progress
 ) -> _Opened:
     loop = asyncio.get_running_loop()
+    extra = b"".join(b"%b: %b\r\n" % pair for pair in _header_pairs(spec))
     request = (
         b"POST %b HTTP/1.1\r\nhost: %b:%d\r\ncontent-type: application/json\r\n"
-        b"anthropic-version: 2023-06-01\r\ncontent-length: %d\r\n\r\n%b"
-        % (path, host.encode(), port, len(BODY), BODY)
+        b"anthropic-version: 2023-06-01\r\n%bcontent-length: %d\r\n\r\n%b"
+        % (path, host.encode(), port, extra, len(BODY), BODY)
     )
     streams: list[H1Stream] = []
 
@@ -242,6 +272,7 @@ async def _open_multiplexed(
 ) -> _Opened:
     """Open the streams round robin over h2c or HTTP/3 connections, in paced batches."""
     started = time.monotonic()
+    extra = _header_pairs(spec)
     for index in range(spec.streams):
         if index % OPEN_BATCH == 0:
             for flush in flushes:
@@ -253,6 +284,7 @@ async def _open_multiplexed(
             BODY,
             StreamTally(tally, time.monotonic_ns()),
             lambda error: progress.stream_done(spec.streams, error),
+            extra,
         )
     for flush in flushes:
         flush()
@@ -310,6 +342,8 @@ def _parse() -> LoadSpec:
     add("--duty", type=float, default=1.0)
     add("--keepalive-interval", type=float, default=1.0)
     add("--watch", type=int, nargs="*", default=[])
+    add("--header", action="append", default=[], help="extra request header, NAME: VALUE")
+    add("--side", type=int, nargs="*", default=[], help="PIDs reported apart (side_*)")
     args = parser.parse_args()
     return LoadSpec(
         url=args.url,
@@ -325,6 +359,8 @@ def _parse() -> LoadSpec:
         duty=args.duty,
         keepalive_interval=args.keepalive_interval,
         watch=tuple(args.watch),
+        headers=tuple(args.header),
+        side=tuple(args.side),
     )
 
 

@@ -39,6 +39,15 @@ class Plan:
     contenders: tuple[str, ...] = field(
         default=("direct", "relay-cython", "relay-python", "nginx", "naive")
     )
+    #: Scenario 6, the cost of resumable streams. CPU: (streams, events/s per stream,
+    #: rounds) at the cost ladder's reference load, `resume_measure` s each; memory:
+    #: (concurrent streams, events/s per stream, seconds), one run per contender. Both
+    #: stay at 10k events/s: at 20k the relay journaling to Redis (~60 µs/event) falls
+    #: behind on its core, and its streams would hold fewer bytes than the others'.
+    #: Events are ~320 B, so 10/s for 15 s is ~50 KiB a stream (a long answer's worth).
+    resume_cpu: tuple[int, float, int] = (1000, 10.0, 5)
+    resume_measure: float = 3.0
+    resume_memory: tuple[int, float, float] = (1000, 10.0, 15.0)
 
     def latency_window(self, streams: int, rate: float) -> float:
         return max(self.latency_measure, self.latency_min_samples / (streams * rate))
@@ -89,6 +98,9 @@ QUICK = Plan(
     scanner_seconds=0.2,
     h2_streams=(100,),
     h3_streams=(100,),
+    resume_cpu=(1000, 10.0, 2),
+    resume_measure=2.0,
+    resume_memory=(500, 20.0, 4.0),
 )
 
 PLANS = {"full": FULL, "quick": QUICK}

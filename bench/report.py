@@ -8,6 +8,7 @@ paired across runs, so it is a difference of percentiles).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from bench.contenders import ALL
@@ -417,7 +418,8 @@ def header(results: dict[str, Any]) -> list[str]:
     ]
 
 
-def markdown(results: dict[str, Any]) -> str:
+def markdown(results: dict[str, Any], extra: Sequence[str] = ()) -> str:
+    """The tables; `extra` (more sections, bench/resume_report.py) goes before the targets."""
     keys = tuple(results["meta"]["contenders"])
     lines = header(results)
     if results.get("latency"):
@@ -438,5 +440,6 @@ def markdown(results: dict[str, Any]) -> str:
     if by_proto["h3"]:
         title = "HTTP/3 towards the relay (aioquic client; nginx 1.22 has no HTTP/3)"
         lines += latency_section(title, by_proto["h3"], results.get("latency", []))
+    lines += extra
     lines += targets_section(results.get("targets", []))
     return "\n".join(lines)

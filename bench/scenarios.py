@@ -92,6 +92,10 @@ def load(
         args += ["--cycle", str(plan.idle_cycle), "--duty", str(plan.idle_duty)]
     if proto == "h3":
         args += ["--ca-file", target.ca_file]
+    for header in target.request_headers:
+        args += ["--header", header]
+    if target.side_pids:
+        args += ["--side", *map(str, target.side_pids)]
     timeout = ramp + measure + plan.grace + 60
     result: Record = json.loads(run_json_line(args, cpus=HARNESS_CPUS, timeout=timeout))
     result.pop("spec")

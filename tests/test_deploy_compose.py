@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -203,12 +204,14 @@ def free_port() -> int:
         return port
 
 
-def loopback_config(ports: dict[str, int], binds: dict[str, int]) -> str:
-    """haproxy.cfg as is, but servers and binds on loopback ports, no Docker DNS, no log
-    target, and idle timeouts of IDLE seconds."""
+def loopback_config(
+    ports: dict[str, int], binds: dict[str, int], source: Path = HAPROXY_CFG
+) -> str:
+    """An HAProxy configuration of deploy/compose/ as is, but servers and binds on
+    loopback ports, no Docker DNS, no log target, and idle timeouts of IDLE seconds."""
     lines = []
     skip = False
-    for raw in HAPROXY_CFG.read_text().splitlines():
+    for raw in source.read_text().splitlines():
         words = raw.split("#", 1)[0].split()
         if raw and not raw[0].isspace():
             skip = words[:1] == ["resolvers"]

@@ -54,3 +54,16 @@ def test_without_resume_upstream_the_cut_is_the_usual_error_frame(
         pytest.raises(anthropic.APIStatusError, match="upstream connection lost"),
     ):
         sdk_stream(local.url, FIELDS)
+
+
+def test_against_a_remote_without_resume_it_is_a_plain_relay_and_says_so_once(
+    sim: SimServer,
+) -> None:
+    """The sim names no stream id: the local relay relays as a plain one, two streams
+    get the same answer as directly, and its log says why once, not per stream."""
+    _, final = sdk_stream(sim.url, FIELDS)
+    with RelayProcess(sim.url, "--resume-upstream", keepalive=5.0) as local:
+        for _ in range(2):
+            _, relayed = sdk_stream(local.url, FIELDS)
+            assert relayed.model_dump() == final.model_dump()
+        assert local.stderr_text.count(b"does not resume streams") == 1

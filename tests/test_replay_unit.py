@@ -242,6 +242,24 @@ def test_different_bodies_versions_and_credentials_go_upstream() -> None:
     run(scenario)
 
 
+def test_requests_without_a_credential_are_never_replayed() -> None:
+    """Callers with no x-api-key or authorization cannot be told apart: one could get
+    another's answer (behind a gateway with its own auth), so each goes upstream."""
+
+    async def scenario() -> None:
+        relay = Relay()
+        anonymous = post(key=b"")
+        anonymous.headers.pop(0)
+        first = Recorder()
+        stream = await relay.send(first, anonymous)
+        relay.routes.opened[0].answer(START)
+        stream.on_client_gone()
+        await relay.send(Recorder(), anonymous)
+        assert len(relay.routes.opened) == 2 and relay.replayed == 0
+
+    run(scenario)
+
+
 def test_a_stream_that_finished_with_its_client_attached_is_let_go_at_once() -> None:
     async def scenario() -> None:
         relay = Relay()

@@ -17,6 +17,7 @@ from relay.core.request_rules import check_request
 from relay.core.resumable import RESUME_PREFIX, ResumableClient
 from relay.core.resume_request import ResumeRequest
 from relay.core.resume_store import ResumableEntry, ResumeStore, wants_resume
+from relay.core.shared_journal import credential_of
 from relay.core.stream import RelayStream
 from relay.ops.metrics import RelayMetrics
 from relay.upstream.routes import UpstreamRoutes
@@ -76,6 +77,9 @@ class StreamRegistry:
             self.active,
             on_finish=lambda outcome: resume.finished(stream_id, outcome),
         )
+        if resume.shared is not None:
+            credential = credential_of(head.headers)
+            side.mirror = resume.shared.mirror(stream_id, credential, stream, side)
         resume.add(stream_id, ResumableEntry(stream, side, resume.owner_of(head.headers)))
         self._metrics.resumable_started()
         return stream

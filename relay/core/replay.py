@@ -22,11 +22,12 @@ import secrets
 from operator import itemgetter
 
 from relay.core.errors import BodyTimeout, RelayError
-from relay.core.exchange import ClientSide, Headers, OpenUpstream, RequestHead, StreamSettings
+from relay.core.exchange import ClientSide, OpenUpstream, RequestHead, StreamSettings
 from relay.core.journal import Ending
 from relay.core.request_body import RequestBody
 from relay.core.resumable import ResumableClient, short_id
 from relay.core.resume_store import ResumableEntry, ResumeStore
+from relay.core.shared_journal import credential_of
 from relay.core.stream import RelayStream
 from relay.core.stream_record import Outcome
 from relay.ops.metrics import RelayMetrics
@@ -36,20 +37,6 @@ log = logging.getLogger("sse_relay")
 #: Request headers that change the answer, so a retry must repeat them too (with the
 #: credential, method, target and body).
 _KEY_HEADERS = frozenset({b"anthropic-version", b"anthropic-beta"})
-
-
-class UnnamedClient(ResumableClient):
-    """The client side of a stream journaled only for retries: the head goes out (and is
-    journaled) as upstream's, with no `relay-stream-id`, so that an unmodified client gets
-    exactly the response it gets without the flag, and no id reaches a client that did
-    not ask for one. Nor does it get `id:` lines: those too are for clients that ask."""
-
-    __slots__ = ()
-
-    def send_head(self, status: int, headers: Headers) -> None:
-        self._head = (status, headers)
-        if self.client is not None:
-            self.client.send_head(status, headers)
 
 
 class ReplayContext:
@@ -97,7 +84,7 @@ class ReplayContext:
         if made is None:
             return RelayStream(client, head, settings, open_upstream, self.metrics, self._active)
         stream_id, journal = made
-        side = UnnamedClient(client, journal, stream_id)
+        side = ResumableClient(client, journal, stream_id, named=False)
         stream = RelayStream(
             side,
             head,
@@ -111,7 +98,7 @@ class ReplayContext:
         store.add(stream_id, ResumableEntry(stream, side, owner, request_key=request_key))
         return stream
 
-    def _finished(self, side: UnnamedClient, outcome: Outcome) -> None:
+    def _finished(self, side: ResumableClient, outcome: Outcome) -> None:
         if outcome is Outcome.COMPLETED and side.client is None:
             # A whole answer no client got yet: a retry may take it, for --resume-retain.
             self.store.finished(side.stream_id, outcome)
@@ -189,7 +176,9 @@ class ReplayCandidate:
             self._stream.on_request_end()
         elif self._replayed is None:
             key = None
-            if self._body.end() is None:
+            # Without a credential, callers cannot be told apart: one could get another's
+            # answer, so such a request is neither replayed nor replayable.
+            if self._body.end() is None and credential_of(self.head.headers):
                 key = self._context.request_key(self.head, self._digest.digest())
                 entry = self._context.store.retryable(key)
                 if entry is not None and self._replay(entry):

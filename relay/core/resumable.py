@@ -10,6 +10,7 @@ which gets the journal from its offset and then the live tail. A client that ask
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Protocol
 
 from relay.core.event_ids import EventIdWriter, takes_event_ids
 from relay.core.exchange import ClientSide, Headers
@@ -29,6 +30,16 @@ def short_id(stream_id: str) -> str:
     return stream_id[:8]
 
 
+class JournalMirror(Protocol):
+    """A copy of the journal kept where other relay instances can resume from it
+    (relay/journal/redis_writer.py). It batches: nothing here may block or do IO."""
+
+    def head(self, status: int, headers: Headers) -> None: ...
+    def body(self, data: bytes) -> None: ...
+    def end(self, ending: Ending) -> None: ...
+    def attached(self, client: ClientSide) -> None: ...
+
+
 class ResumableClient:
     """Journals what the stream writes and forwards it to the attached client, if any."""
 
@@ -36,20 +47,29 @@ class ResumableClient:
         "_detached_at",
         "_event_ids",
         "_head",
+        "_named",
         "_wants_event_ids",
         "client",
         "detached",
         "journal",
+        "mirror",
         "resumes",
         "stream_id",
     )
 
     def __init__(
-        self, client: ClientSide, journal: Journal, stream_id: str, event_ids: bool = False
+        self,
+        client: ClientSide,
+        journal: Journal,
+        stream_id: str,
+        event_ids: bool = False,
+        named: bool = True,
     ) -> None:
         #: The connection that takes the stream now; None while detached.
         self.client: ClientSide | None = client
         self.journal = journal
+        #: The shared journal's copy, when there is one (--journal redis://...).
+        self.mirror: JournalMirror | None = None
         self.stream_id = stream_id
         self._head: tuple[int, Headers] | None = None
         #: Resumes served, and seconds spent with no client attached (for the record).
@@ -60,15 +80,21 @@ class ResumableClient:
         #: head shows an event stream, and only then is there a writer.
         self._wants_event_ids = event_ids
         self._event_ids: EventIdWriter | None = None
+        #: The client is told the id (`relay-stream-id`). Not so for a stream journaled
+        #: only for identical retries: an unmodified client gets the head it would
+        #: without the relay, and no id reaches a client that did not ask for one.
+        self._named = named
 
     # -- ClientSide -------------------------------------------------------------------
 
     def send_head(self, status: int, headers: Headers) -> None:
-        if 200 <= status < 300:
+        if self._named and 200 <= status < 300:
             headers = [*headers, (STREAM_ID_HEADER, self.stream_id.encode())]
         if self._wants_event_ids and takes_event_ids(status, headers):
             self._event_ids = EventIdWriter()
         self._head = (status, headers)
+        if self.mirror is not None:
+            self.mirror.head(status, headers)
         if self.client is not None:
             self.client.send_head(status, headers)
 
@@ -77,16 +103,18 @@ class ResumableClient:
         if event_ids is not None:
             data = event_ids.add_ids(data, self.journal.size)
         self.journal.append(data)
+        if self.mirror is not None:
+            self.mirror.body(data)
         if self.client is not None:
             self.client.send_body(data)
 
     def send_end(self) -> None:
-        self.journal.ending = Ending.END
+        self._ended(Ending.END)
         if self.client is not None:
             self.client.send_end()
 
     def abort(self) -> None:
-        self.journal.ending = Ending.RESET
+        self._ended(Ending.RESET)
         client, self.client = self.client, None
         if client is not None:
             client.abort()
@@ -98,6 +126,11 @@ class ResumableClient:
     def resume_request_body(self) -> None:
         if self.client is not None:
             self.client.resume_request_body()
+
+    def _ended(self, ending: Ending) -> None:
+        self.journal.ending = ending
+        if self.mirror is not None:
+            self.mirror.end(ending)
 
     # -- taking the stream over -------------------------------------------------------
 
@@ -139,6 +172,8 @@ class ResumableClient:
         previous, self.client = self.client, None
         if previous is not None:
             previous.abort()  # taken over: the newest resumer has the stream
+        if self.mirror is not None:
+            self.mirror.attached(client)
         client.send_head(*self._head)
         for chunk in replay:
             client.send_body(chunk)

@@ -25,11 +25,13 @@ from relay.core.exchange import ClientSide, RequestHead
 from relay.core.headers import header_value
 from relay.core.resumable import RESUME_PREFIX, short_id
 from relay.core.resume_store import ResumableEntry, ResumeStore
+from relay.core.shared_journal import RemoteResume, credential_of
 from relay.ops.metrics import RelayMetrics
 
 log = logging.getLogger("sse_relay")
 _OFFSET_HEADER = b"relay-resume-offset"
 _LAST_EVENT_ID = b"last-event-id"
+_SERVED = (b"GET", b"DELETE")
 
 
 class ResumeRequest:
@@ -43,6 +45,8 @@ class ResumeRequest:
         self._store = store
         self._metrics = metrics
         self._entry: ResumableEntry | None = None
+        # Serving a stream another instance runs, from the shared journal.
+        self._remote: RemoteResume | None = None
         self._answered = False
 
     def start(self) -> None:
@@ -65,6 +69,15 @@ class ResumeRequest:
         path, _, query = self.head.target.partition(b"?")
         stream_id = path[len(RESUME_PREFIX) :].decode("ascii", "replace")
         entry = self._store.find(stream_id, self._store.owner_of(self.head.headers))
+        if entry is None and self._store.shared is not None and self.head.method in _SERVED:
+            offset = None if self.head.method == b"DELETE" else self._offset(query)
+            credential = credential_of(self.head.headers)
+            self._answered = True  # from here on, the shared journal's reader answers
+            self._remote = self._store.shared.remote_resume(
+                self._client, stream_id, credential, offset
+            )
+            self._remote.start()
+            return
         if entry is None:
             raise StreamNotFound("no resumable stream by that id")
         if self.head.method == b"DELETE":
@@ -123,16 +136,22 @@ class ResumeRequest:
         pass
 
     def on_client_gone(self) -> None:
+        if self._remote is not None:
+            self._remote.stop()
         entry = self._entry
         if entry is not None and entry.stream.is_attached(self._client):
             entry.stream.on_client_gone()  # detached again, the grace period anew
 
     def on_client_paused(self) -> None:
+        if self._remote is not None:
+            self._remote.pause()
         entry = self._entry
         if entry is not None and entry.stream.is_attached(self._client):
             entry.stream.on_client_paused()
 
     def on_client_resumed(self) -> None:
+        if self._remote is not None:
+            self._remote.resume()
         entry = self._entry
         if entry is not None and entry.stream.is_attached(self._client):
             entry.stream.on_client_resumed()

@@ -19,10 +19,9 @@ from dataclasses import dataclass, field
 from relay.core.exchange import Headers
 from relay.core.journal import Journal
 from relay.core.resumable import RESUMABLE_HEADER, ResumableClient
+from relay.core.shared_journal import SharedJournal, credential_of
 from relay.core.stream import RelayStream
 from relay.core.stream_record import Outcome
-
-_CREDENTIAL_HEADERS = (b"x-api-key", b"authorization")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,8 +55,10 @@ def wants_resume(headers: Headers) -> bool:
 class ResumeStore:
     """The resumable streams of this process."""
 
-    def __init__(self, limits: ResumeLimits) -> None:
+    def __init__(self, limits: ResumeLimits, shared: SharedJournal | None = None) -> None:
         self.limits = limits
+        #: Where other instances find these streams, and this one theirs (or None).
+        self.shared = shared
         self._entries: dict[str, ResumableEntry] = {}
         # Keyed hashes of credentials: the store never keeps a credential itself.
         self._key = secrets.token_bytes(32)
@@ -66,12 +67,7 @@ class ResumeStore:
 
     def owner_of(self, headers: Headers) -> bytes:
         """The keyed hash of the caller's credential (empty input if it sent none)."""
-        credential = b""
-        for name, value in headers:
-            if name in _CREDENTIAL_HEADERS:
-                credential = value
-                break
-        return hmac.new(self._key, credential, hashlib.sha256).digest()
+        return hmac.new(self._key, credential_of(headers), hashlib.sha256).digest()
 
     def journal_bytes(self) -> int:
         """Bytes the journals hold (for the limit and the gauge)."""

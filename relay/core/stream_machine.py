@@ -198,7 +198,7 @@ class StreamMachine(StreamState):
         self._request_id = None if request_id is None else request_id.decode(errors="replace")
         content_type = header_value(headers, b"content-type") or b""
         if self._resume is not None:
-            headers = self._resume.learn(headers)
+            headers = self._resume.learn(status, headers)
         headers = relayed_response_headers(headers)
         if content_type.lower().startswith(b"text/event-stream"):
             encoding = header_value(headers, b"content-encoding")

@@ -9,6 +9,7 @@ upstream saw one request. Sans-IO: this only builds the requests.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 
 from relay.core.exchange import Headers, RequestHead
@@ -17,6 +18,10 @@ from relay.core.resumable import RESUME_PREFIX, STREAM_ID_HEADER
 #: Resumes of one stream at most: past them a drop fails the stream as it would without.
 MAX_RESUMES = 10
 _CREDENTIALS = (b"x-api-key", b"authorization")
+
+log = logging.getLogger("sse_relay")
+# Said once per process: a remote without resume is a setup fact, not a per-stream event.
+_told_no_resume = False
 
 
 class UpstreamResume:
@@ -29,15 +34,22 @@ class UpstreamResume:
         self.stream_id: bytes | None = None
         self.resumes = 0
 
-    def learn(self, headers: Headers) -> Headers:
+    def learn(self, status: int, headers: Headers) -> Headers:
         """The remote's response headers without its stream id, which is kept: the
         application did not ask for a resumable stream and has no use for the id."""
+        global _told_no_resume
         kept: Headers = []
         for name, value in headers:
             if name == STREAM_ID_HEADER:
                 self.stream_id = value
             else:
                 kept.append((name, value))
+        if self.stream_id is None and 200 <= status < 300 and not _told_no_resume:
+            _told_no_resume = True
+            log.warning(
+                "--resume-upstream: the upstream named no relay-stream-id, so it does not "
+                "resume streams; relaying as a plain relay"
+            )
         return kept
 
     def next_head(self, original: RequestHead, offset: int) -> RequestHead | None:

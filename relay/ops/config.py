@@ -56,6 +56,7 @@ class RelayConfig:
     resume_max_total: int = 1024 * 1024 * 1024
     resume_upstream: bool = False
     replay_retries: bool = False
+    journal: str = "memory"
     max_streams: int = 10_000
     retry_attempts: int = 3
     retry_budget: float = 10.0

@@ -157,6 +157,13 @@ class RelayMetrics:
             "Identical retries of a dropped stream answered from its journal (--replay-retries)",
             registry=registry,
         )
+        self._journal_errors = Counter(
+            "sse_relay_journal_errors",
+            "Shared journal (Redis) operations that failed, by op: write (a flush; the "
+            "streams relay on, resumable on this instance only), read (a resume)",
+            ["op"],
+            registry=registry,
+        )
         self._sse_compressed = Counter(
             "sse_relay_sse_compressed",
             "SSE responses that arrived content-encoded and so took no keepalives",
@@ -252,6 +259,9 @@ class RelayMetrics:
     def retry_replayed(self) -> None:
         """An identical retry was answered from a dropped stream's journal."""
         self._replayed_retries.inc()
+
+    def journal_failed(self, op: str) -> None:
+        self._journal_errors.labels(op).inc()
 
     def quic_dropped(self) -> None:
         self._quic_dropped.inc()

@@ -16,6 +16,7 @@ from relay.edge.context import EdgeContext
 from relay.edge.h3 import serve_h3
 from relay.edge.listener import FirstBytesProtocol
 from relay.edge.quic import QuicListener
+from relay.journal.redis_journal import RedisJournal
 from relay.ops.access_log import configure_logging
 from relay.ops.admin import serve_admin
 from relay.ops.config import ConfigError, RelayConfig
@@ -121,13 +122,19 @@ async def serve(config: RelayConfig, worker_id: int | None = None) -> None:
     loop = asyncio.get_running_loop()
     routes = UpstreamRoutes(config)
     metrics = RelayMetrics()
+    shared: RedisJournal | None = None
+    if config.journal != "memory":
+        shared = RedisJournal(
+            config.journal, config.resume_retain, config.resume_max_bytes, metrics
+        )
     resume = ResumeStore(
         ResumeLimits(
             config.resume_grace,
             config.resume_retain,
             config.resume_max_bytes,
             config.resume_max_total,
-        )
+        ),
+        shared,
     )
     streams = StreamRegistry(routes, metrics, config.max_streams, resume, config.replay_retries)
     metrics.watch_resume(resume.detached, resume.journal_bytes)
@@ -184,5 +191,7 @@ async def serve(config: RelayConfig, worker_id: int | None = None) -> None:
         if quic is not None:
             quic.close()
         routes.close()
+        if shared is not None:
+            await shared.close()
         resume.close()
         log.info("sse-relay stopped")

@@ -30,6 +30,13 @@ def parse_upstream(value: str) -> UpstreamTarget:
     return UpstreamTarget(value, tls, parts.hostname, port, parts.path.rstrip("/"))
 
 
+def _journal(value: str) -> str:
+    parts = urlsplit(value)
+    if value != "memory" and (parts.scheme not in ("redis", "rediss") or not parts.hostname):
+        raise ValueError(f"expected memory or a redis:// or rediss:// URL, got {value!r}")
+    return value
+
+
 def parse_listen(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
@@ -190,6 +197,13 @@ SETTINGS: tuple[Setting, ...] = (
         "resume-max-total",
         _positive_int,
         "journals in all; past it new streams are not made resumable (1073741824)",
+    ),
+    Setting(
+        "journal",
+        _journal,
+        "where resumable streams are journaled: memory, or a Redis shared by the "
+        "instances behind one load balancer, redis://HOST:PORT/DB (memory)",
+        "URL",
     ),
     Setting("max-streams", _positive_int, "concurrent streams, 503 past it (10000)"),
     Setting("retry-attempts", _positive_int, "upstream tries per request, first included (3)"),
