@@ -169,9 +169,10 @@ class RelayProcess:
 
     @property
     def stderr_text(self) -> bytes:
-        """Everything the relay logged so far."""
-        self._stderr.seek(0)
-        return self._stderr.read()
+        """Everything the relay logged so far. Read with pread: the file's offset is
+        shared with the relay, so a seek here would make it write over its own log."""
+        fd = self._stderr.fileno()
+        return os.pread(fd, os.fstat(fd).st_size, 0)
 
     def _status_kib(self, field: str) -> int:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():

@@ -4,6 +4,8 @@ error the test did not declare fails the test that started it."""
 from __future__ import annotations
 
 import json
+import sys
+import time
 
 import pytest
 
@@ -78,3 +80,28 @@ def test_the_checks_never_mask_a_failure_already_raised_in_the_block(sim: SimSer
         relay.proc.wait()
         raise ValueError("the test's own failure")
     assert relay.proc.returncode == -9
+
+
+# A stand-in relay: the ready line, then 3000 log lines as fast as it can, then waits.
+_CHATTY = """
+import sys, time
+print("sse-relay listening on http://127.0.0.1:1", flush=True)
+for i in range(3000):
+    sys.stderr.write('{"level": "info", "message": "line %05d"}\\n' % i)
+    sys.stderr.flush()
+time.sleep(30)
+"""
+
+
+def test_reading_the_log_while_the_relay_writes_loses_no_line() -> None:
+    """The log file's offset is shared with the relay: reading it must never move it,
+    or the relay's next lines land over the start of its own log."""
+    relay = RelayProcess(
+        "http://127.0.0.1:9", command=[sys.executable, "-c", _CHATTY], expect_exit=None
+    )
+    with relay:
+        deadline = time.monotonic() + 10
+        while relay.stderr_text.count(b"\n") < 3000 and time.monotonic() < deadline:
+            pass  # poll as a test waiting for a log line does, without a pause
+        lines = relay.stderr_text.splitlines()
+    assert [json.loads(line)["message"] for line in lines] == [f"line {i:05d}" for i in range(3000)]
