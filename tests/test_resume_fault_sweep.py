@@ -354,13 +354,6 @@ def test_a_cut_anywhere_is_invisible_to_the_sdk(
         assert resumed in run.log, run.log
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,  # only the last assert; a broken setup fails via pytest.fail
-    reason="BUG (reported): a local relay that dropped upstream's leading BOM (its own "
-    "keepalive went first) counts its resume offset without those 3 bytes, so the "
-    "remote replays 3 bytes the client already has: silently corrupt JSON",
-)
 def test_a_bom_the_local_relay_dropped_does_not_shift_its_resume_offset(sim: SimServer) -> None:
     """The remote relay forwards the BOM (none of its keepalives went first); the local
     relay, whose keepalives did, drops it, as README "Leading BOM" says. A cut later

@@ -262,7 +262,10 @@ class StreamMachine(StreamState):
         self._abort_upstream()
         if self._head_sent and self._resume_upstream(now):
             log.info(
-                "resuming %s %s from byte %d: %s", *self.describe(), self.bytes_out, error.logged
+                "resuming %s %s from byte %d: %s",
+                *self.describe(),
+                self._upstream_offset,
+                error.logged,
             )
         elif not (error.transparent_retry and self._retry_later(error.message, now)):
             self._upstream_error = error.kind

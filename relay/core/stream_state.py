@@ -73,6 +73,7 @@ class StreamState:
         "_retries",
         "_scanner",
         "_settings",
+        "_skipped",
         "_sse_compressed",
         "_started",
         "_status",
@@ -119,6 +120,7 @@ class StreamState:
         # the start of a BOM that came in a read of its own.
         self._at_start = True
         self._held = b""
+        self._skipped = 0  # upstream bytes never relayed: a BOM dropped after a keepalive
         self._sse_compressed = False
         self._clock: KeepaliveClock | None = None
         self._timer_at = math.inf
@@ -233,13 +235,22 @@ class StreamState:
             return b""
         self._held = b""
         self._at_start = False
-        return data[len(_BOM) :] if data.startswith(_BOM) else data
+        if data.startswith(_BOM):
+            self._skipped = len(_BOM)
+            return data[len(_BOM) :]
+        return data
+
+    @property
+    def _upstream_offset(self) -> int:
+        """Upstream body bytes received, where a resume from the remote relay starts: it
+        counts its own bytes, so those dropped or held here count too."""
+        return self.bytes_out + self._skipped + len(self._held)
 
     def _resume_upstream(self, now: float) -> bool:
         """The remote relay's connection dropped mid-stream: ask it for the rest, from
         the byte we are at (the local relay mode). False if that cannot be done."""
         resume = self._resume
-        head = None if resume is None else resume.next_head(self.head, self.bytes_out)
+        head = None if resume is None else resume.next_head(self.head, self._upstream_offset)
         if resume is None or head is None:
             return False
         self.upstream = Upstream.OPENING
