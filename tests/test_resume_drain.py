@@ -1,17 +1,19 @@
 """SIGTERM while a resumable stream is detached (its client left, upstream goes on into
 the journal): what the drain (relay/core/registry.py `drain`) makes of it.
 
-On SIGTERM the relay closes its listeners, then waits up to --drain-timeout for live
-streams, detached ones included, and ends the rest with its error frame
-(`end_for_drain`); it exits 0 a moment later (`_FLUSH_SECONDS`). Only a connection
-opened before the drain can still reach it, so `KeptConnection` is opened first; that a
-resume on a new connection is refused is a reported bug, the xfail test below.
+On SIGTERM the relay closes its listeners, so no new connection can reach a detached
+stream, and without a shared journal its journal ends with the process: the drain ends
+it at once with its error frame (`end_for_drain`), while attached streams get up to
+--drain-timeout. Only a connection opened before the drain can still ask for it, so
+`KeptConnection` is opened first. (With a shared journal, detached streams run on
+through the drain: tests/test_shared_journal.py.)
 """
 
 from __future__ import annotations
 
 import signal
 import socket
+import threading
 import time
 from collections.abc import Iterator
 
@@ -24,9 +26,9 @@ from tests.clients import STREAM_BODY, script, single_error_frame, wait_for
 from tests.relayproc import RelayProcess
 from tests.simserver import SimServer
 from tests.test_metrics import scrape, value
-from tests.test_resume import RESUMABLE, PartialStream, resume
+from tests.test_resume import RESUMABLE, PartialStream
 
-GAP = 1.0  # seconds of upstream silence the detached stream is in when SIGTERM comes
+GAP = 1.0  # the drain ends a detached stream within this; a live one is silent twice as long
 DRAIN = 10.0  # a drain timeout the stream ends well within
 
 
@@ -88,102 +90,49 @@ def _detach(relay: RelayProcess, fields: dict[str, str]) -> tuple[str, bytes]:
     return first.headers[b"relay-stream-id"].decode(), have
 
 
-def _draining(relay: RelayProcess) -> bool:
-    answer = httpx2.get(relay.admin_url + "/readyz", timeout=10)
-    return answer.status_code == 503 and answer.json()["reason"] == "draining"
-
-
-def _sigterm(relay: RelayProcess) -> float:
-    """SIGTERM, and back once the drain has begun with the detached stream among its
-    live ones; when it was sent. (The admin listener says so: reading the relay's log
-    while it writes can miss lines.)"""
-    sent = time.monotonic()
-    relay.proc.send_signal(signal.SIGTERM)
-    wait_for(lambda: _draining(relay))
-    assert value(scrape(relay), "sse_relay_streams_active") == 1
-    return sent
-
-
-def test_a_resume_during_the_drain_gets_the_whole_stream(
+def test_without_a_shared_journal_a_detached_stream_ends_as_the_drain_starts(
     sim: SimServer, kept: list[KeptConnection]
 ) -> None:
-    """The detached stream keeps reading upstream through the drain; a resume on a
-    connection the relay already had gets every byte of the fault-free run, the stream
-    ends whole, and the relay exits 0 as soon as it has (not at the drain timeout)."""
-    fields = script(gaps=[[3, GAP]])
-    expected = _direct(sim, fields)
-    # Keepalives far apart: the bytes must equal the fault-free run's exactly.
-    flags = ("--resume-grace", "30", "--drain-timeout", str(DRAIN))
-    with RelayProcess(sim.url, *flags, keepalive=30.0) as relay:
-        kept.append(KeptConnection(relay.port))
-        requests, closes = len(sim.requests), len(sim.closes)
-        stream_id, have = _detach(relay, fields)
-        sent = _sigterm(relay)
-        status, headers, rest = kept[0].get(f"/relay/v1/streams/{stream_id}?offset={len(have)}")
-        assert status == 200 and headers[b"connection"] == b"close"  # draining: last one
-        assert have + rest == expected
-        assert relay.proc.wait(DRAIN) == 0 and time.monotonic() - sent < DRAIN / 2
-        record = stream_record(relay, headers[b"request-id"].decode())
-    assert record["outcome"] == "completed" and record["resumes"] == 1
-    assert len(sim.requests) - requests == 1
-    assert not any(close.client_aborted_midstream for close in sim.closes[closes:])
-
-
-@pytest.mark.xfail(
-    strict=True,
-    raises=httpx2.ConnectError,
-    reason="BUG (reported): the drain closes the listeners at once but keeps detached "
-    "streams running for --drain-timeout, so the client that left, which must open a "
-    "new connection to resume, is refused: upstream runs the turn for nobody. A "
-    "production relay should accept resumes until its detached streams end (or abort "
-    "them when the drain starts).",
-)
-def test_a_resume_on_a_new_connection_during_the_drain_gets_the_whole_stream(
-    sim: SimServer,
-) -> None:
-    fields = script(gaps=[[3, GAP]])
-    expected = _direct(sim, fields)
-    flags = ("--resume-grace", "30", "--drain-timeout", str(DRAIN))
-    with RelayProcess(sim.url, *flags, keepalive=30.0) as relay:
-        stream_id, have = _detach(relay, fields)
-        _sigterm(relay)
-        answer = resume(relay.url, stream_id, len(have))  # today: connection refused
-        assert answer.status_code == 200
-        assert have + answer.content == expected
-
-
-def test_a_detached_stream_nobody_resumes_ends_at_the_drain_timeout(
-    sim: SimServer, kept: list[KeptConnection]
-) -> None:
-    """Nobody resumes before the drain timeout: upstream is aborted, the journal ends
-    with the relay's "restarting" error frame, and the relay exits 0. A resume in the
-    moment between that and the exit gets the journal, error frame and clean end."""
-    drain = 1.0
+    """No new connection can reach a detached stream once the listeners close, and its
+    journal ends with the process: the drain ends it at once (upstream aborted, the
+    journal closed by the relay's "restarting" error frame), while an attached stream
+    runs on to its end. A resume over a connection opened before gets that journal."""
     fields = script(gaps=[[3, 30]])
     expected = _direct(sim, script())  # the same turn; the gap changes only timing
-    flags = ("--resume-grace", "30", "--drain-timeout", str(drain))
+    live_fields = script(gaps=[[3, 2 * GAP]])
+    live_expected = _direct(sim, live_fields)
+    flags = ("--resume-grace", "30", "--drain-timeout", str(DRAIN))
     with RelayProcess(sim.url, *flags, keepalive=30.0) as relay:
         kept.append(KeptConnection(relay.port))
         closes = len(sim.closes)
         stream_id, have = _detach(relay, fields)
-        sent = _sigterm(relay)
-        # Once the drain has ended the stream (its journal with it), the relay exits
-        # _FLUSH_SECONDS (0.2 s) later: the resume goes in that moment.
-        wait_for(lambda: value(scrape(relay), "sse_relay_streams_total") == 1)
+        live: list[bytes] = []
+        reader = threading.Thread(target=lambda: live.append(_direct_via(relay, live_fields)))
+        reader.start()
+        wait_for(lambda: value(scrape(relay), "sse_relay_streams_active") == 2)
+        sent = time.monotonic()
+        relay.proc.send_signal(signal.SIGTERM)
+        # Ended at once: long before the live stream, let alone the drain timeout.
+        wait_for(lambda: value(scrape(relay), "sse_relay_streams_total") == 1, timeout=GAP)
+        wait_for(lambda: any(close.client_aborted_midstream for close in sim.closes[closes:]))
         status, headers, rest = kept[0].get(f"/relay/v1/streams/{stream_id}?offset={len(have)}")
-        assert relay.proc.wait(5) == 0
-        exited = time.monotonic() - sent
+        reader.join(DRAIN)
+        assert relay.proc.wait(DRAIN) == 0 and time.monotonic() - sent < DRAIN / 2
         record = stream_record(relay, headers[b"request-id"].decode())
+    assert live == [live_expected]  # the attached stream was not cut
     assert status == 200
     body = have + rest
     error = single_error_frame(body)  # the last frame, and the only error frame
-    # Before its error frame, the journal is the fault-free stream's beginning.
     journal = body[: body.rindex(b"event: error")]
     assert len(journal) >= len(have) and expected.startswith(journal)
     assert error["error"]["type"] == "overloaded_error"
     ended = f"sse-relay is restarting: stream ended after {len(journal)} bytes"
     assert error["error"]["message"].startswith(ended), error
-    assert drain <= exited < drain + 3
     assert record["outcome"] == "drained"
-    assert b"with an error frame: sse-relay is restarting" in relay.stderr_text
-    wait_for(lambda: any(close.client_aborted_midstream for close in sim.closes[closes:]))
+
+
+def _direct_via(relay: RelayProcess, fields: dict[str, str]) -> bytes:
+    """A plain stream through the relay, read whole (keepalives are 30 s apart)."""
+    with httpx2.Client(timeout=30) as client:
+        response = client.post(relay.url + "/v1/messages", content=STREAM_BODY, headers=fields)
+        return response.content

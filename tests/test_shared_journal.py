@@ -253,3 +253,21 @@ def test_the_newest_resumer_takes_over_across_instances(
         reader.join(10)
     assert outcome and outcome[0] != "clean end"
     assert b"taken over by a newer resume" in other.stderr_text
+
+
+def test_with_the_shared_journal_a_detached_stream_runs_on_through_the_drain(
+    sim: SimServer, redis_server: RedisServer, pair: tuple[RelayProcess, RelayProcess]
+) -> None:
+    """Resumes land on other instances, so the drain lets a detached stream finish (up
+    to --drain-timeout); a resume elsewhere gets it whole, and upstream saw one request.
+    """
+    expected = direct(sim, GAP)
+    before = len(sim.requests)
+    with instance(sim, redis_server, "--drain-timeout", "10") as owner:
+        stream_id, have = cut_stream(owner.port, GAP)
+        owner.proc.send_signal(signal.SIGTERM)
+        answer = resume(pair[1].url, stream_id, len(have))
+        assert owner.proc.wait(10) == 0
+    assert answer.status_code == 200
+    assert (have + answer.content).replace(KEEPALIVE, b"") == expected
+    assert len(sim.requests) - before == 1

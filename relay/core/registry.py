@@ -106,6 +106,13 @@ class StreamRegistry:
         self.draining = True
         for notify in list(self.on_drain):
             notify()
+        resume = self._resume
+        if resume is not None and resume.shared is None:
+            # No new connection reaches a detached stream now, and its journal ends with
+            # this process: stop paying for it. (With a shared journal it runs on: a
+            # resume on another instance is served from there.)
+            for stream in resume.detached_streams():
+                stream.end_for_drain()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while (self.active or self.waiting) and loop.time() < deadline:

@@ -78,11 +78,14 @@ class ResumeStore:
 
     def detached(self) -> int:
         """Streams running with no client attached (for the gauge)."""
-        return sum(
-            1
+        return len(self.detached_streams())
+
+    def detached_streams(self) -> list[RelayStream]:
+        return [
+            entry.stream
             for entry in self._entries.values()
             if entry.expiry is None and entry.client.client is None
-        )
+        ]
 
     def new_journal(self) -> tuple[str, Journal] | None:
         """An id and a journal for a new resumable stream; None when the journals
