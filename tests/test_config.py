@@ -159,6 +159,7 @@ def test_environment_beats_file_and_flag_beats_environment(config_file: Path) ->
         ('[[route]]\nprefix = "v1"', "route[1].prefix: expected a path starting with /"),
         ('[[route]]\nprefix = "/a"\n[[route]]\nprefix = "/a"', "route[2].prefix: '/a' is"),
         ('[[route]]\nprefix = "/a"\nupstream = []', "route[1].upstream: expected at least"),
+        ('[[route]]\nprefix = "/a"\nresumable = 2', "route[1].resumable: expected true or false"),
         ("keepalive-interval = ", "not valid TOML"),
     ],
 )

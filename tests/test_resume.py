@@ -288,3 +288,23 @@ def test_detached_streams_and_journal_bytes_are_gauged_and_the_log_line_tells_th
         if f'"stream_id": "{stream_id[:8]}"' in line
     ]
     assert [line["resumes"] for line in lines] == [1] and lines[0]["detached_s"] > 0
+
+
+def test_a_route_with_resumable_makes_every_stream_resumable(
+    sim: SimServer, tmp_path: Path
+) -> None:
+    """`resumable = true` in a [[route]]: a client that asked nothing gets an id and a
+    stream that survives its connection; other paths stay plain."""
+    config = tmp_path / "relay.toml"
+    config.write_text('[[route]]\nprefix = "/v1/messages"\nresumable = true\n')
+    expected = direct(sim, GAP)
+    with RelayProcess(sim.url, "--config", str(config)) as relay:
+        first = PartialStream(relay.port, {"x-api-key": "sk-owner", **GAP})
+        first.read_until(300)
+        have = bytes(first.body)
+        first.cut()
+        answer = resume(relay.url, first.headers[b"relay-stream-id"].decode(), len(have))
+        assert (have + answer.content).replace(KEEPALIVE, b"") == expected
+        with httpx2.Client(timeout=10) as client:
+            other = client.post(relay.url + "/v1/complete", content=STREAM_BODY)
+        assert "relay-stream-id" not in other.headers

@@ -141,3 +141,5 @@ class StreamSettings:
     resume_grace: float = 60.0
     #: Upstream is a remote sse-relay: ask it for resumable streams, resume on drops.
     resume_upstream: bool = False
+    #: Every stream is resumable, asked or not (a route's `resumable = true`).
+    resumable: bool = False

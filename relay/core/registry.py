@@ -59,9 +59,10 @@ class StreamRegistry:
         if resume is not None and head.target.startswith(RESUME_PREFIX):
             return ResumeRequest(client, head, resume, self._metrics)
         route = self._routes.match(head.target)
-        if self._replay is not None and head.method == b"POST" and not wants_resume(head.headers):
+        resumable = route.settings.resumable or wants_resume(head.headers)
+        if self._replay is not None and head.method == b"POST" and not resumable:
             return ReplayCandidate(client, head, route.settings, route.open_upstream, self._replay)
-        made = resume.new_journal() if resume is not None and wants_resume(head.headers) else None
+        made = resume.new_journal() if resume is not None and resumable else None
         if resume is None or made is None:
             return RelayStream(
                 client, head, route.settings, route.open_upstream, self._metrics, self.active

@@ -64,6 +64,7 @@ def render(resolved: ResolvedConfig) -> str:
                     sources[f"route[{index}].keepalive-interval"],
                 ),
                 ("upstream", route.upstreams, sources[f"route[{index}].upstream"]),
+                ("resumable", route.resumable, sources[f"route[{index}].resumable"]),
             ]
         )
     return "\n".join(lines) + "\n"

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from relay.core.exchange import UpstreamTarget
 from relay.ops.config_file import ConfigFile, ConfigFileError, RawValue, read_config_file
-from relay.ops.setting_table import SETTINGS, Setting, parse_upstream
+from relay.ops.setting_table import SETTINGS, Setting, parse_boolean, parse_upstream
 
 
 class ConfigError(ValueError):
@@ -29,6 +29,8 @@ class RouteConfig:
     prefix: str
     keepalive_interval: float
     upstreams: tuple[UpstreamTarget, ...]
+    #: Every stream of the route is resumable, as if it sent `relay-resumable: 1`.
+    resumable: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +90,7 @@ def config_field(flag: str) -> str | None:
 
 
 #: What a `[[route]]` table may set; what it leaves out comes from the top level.
-ROUTE_KEYS = ("prefix", "keepalive-interval", "upstream")
+ROUTE_KEYS = ("prefix", "keepalive-interval", "upstream", "resumable")
 
 DEFAULT_UPSTREAM = "https://api.anthropic.com"
 #: Names the config file, as --config does (not a setting: the file cannot name itself).
@@ -202,12 +204,18 @@ def _read_file(path: str) -> ConfigFile:
 
 def _parse(setting: Setting, raw: RawValue, label: str) -> Any:
     """One setting's raw value(s) through its parser; a repeatable one gives a tuple."""
+    return _parse_with(setting.parse, raw, label, repeat=setting.repeat)
+
+
+def _parse_with(
+    parse: Callable[[str], Any], raw: RawValue, label: str, *, repeat: bool = False
+) -> Any:
     try:
-        if setting.repeat:
-            return tuple(setting.parse(item) for item in ([raw] if isinstance(raw, str) else raw))
+        if repeat:
+            return tuple(parse(item) for item in ([raw] if isinstance(raw, str) else raw))
         if isinstance(raw, list):
             raise ValueError("expected one value, got a list")
-        return setting.parse(raw)
+        return parse(raw)
     except ValueError as exc:
         raise ConfigError(f"{label}: {exc}") from None
 
@@ -241,7 +249,10 @@ def _routes(
             upstreams = _parse(parsers["upstream"], table["upstream"], f"{where}.upstream")
             if not upstreams:
                 raise ConfigError(f"{where}.upstream: expected at least one URL")
+        resumable = "resumable" in table and _parse_with(
+            parse_boolean, table["resumable"], f"{where}.resumable"
+        )
         for key in ROUTE_KEYS:
             sources[f"{name}.{key}"] = f"file {file.path}" if key in table else "inherited"
-        routes.append(RouteConfig(prefix, interval, upstreams))
+        routes.append(RouteConfig(prefix, interval, upstreams, resumable))
     return tuple(routes)

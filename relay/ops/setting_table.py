@@ -90,7 +90,7 @@ def _param_name(value: str) -> str:
     return value
 
 
-def _boolean(value: str) -> bool:
+def parse_boolean(value: str) -> bool:
     lowered = value.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
         return True
@@ -158,7 +158,7 @@ SETTINGS: tuple[Setting, ...] = (
         "drop a client that takes no bytes for this long while some wait for it (120)",
         "SECONDS",
     ),
-    Setting("tls-verify", _boolean, "verify upstream TLS certificates (true)", "true|false"),
+    Setting("tls-verify", parse_boolean, "verify upstream TLS certificates (true)", "true|false"),
     Setting("upstream-ca", str, "CA bundle to verify upstream with (system store)", "PATH"),
     Setting(
         "upstream-protocol",
@@ -231,14 +231,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("tls-key", str, "private key (PEM) for the TLS listener", "PATH"),
     Setting(
         "resume-upstream",
-        _boolean,
+        parse_boolean,
         "upstream is a remote sse-relay: ask it for resumable streams and resume them "
         "when the connection to it drops (the local relay mode)",
         switch=True,
     ),
     Setting(
         "replay-retries",
-        _boolean,
+        parse_boolean,
         "answer an identical re-send of a POST whose client dropped mid-stream from that "
         "stream's journal, with no new upstream request; every POST is then journaled, so "
         "a client that drops leaves upstream running for --resume-grace instead of "
@@ -247,7 +247,7 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "http3",
-        _boolean,
+        parse_boolean,
         "also serve HTTP/3 (QUIC, UDP) on the TLS listener's port; needs --tls-cert",
         switch=True,
     ),

@@ -87,7 +87,11 @@ class UpstreamRoutes:
                 (
                     route.prefix.encode(),
                     Route(
-                        replace(settings, keepalive_interval=route.keepalive_interval),
+                        replace(
+                            settings,
+                            keepalive_interval=route.keepalive_interval,
+                            resumable=route.resumable,
+                        ),
                         pools(route.upstreams),
                     ),
                 )
