@@ -56,7 +56,7 @@ lint: install
 	$(BIN)/mypy
 
 test: install system-deps node-install lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=20
 
 # Benchmarks (bench/, README "Benchmarks"): Python extras, then nginx from Debian.
 # /usr/sbin is searched too: it is not on every user's PATH, and nginx lives there.
