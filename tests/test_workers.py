@@ -90,6 +90,8 @@ def test_both_workers_serve_on_one_port_and_name_themselves_in_logs(sim: SimServ
     with RelayProcess(sim.url, "--workers", "2", "--max-body-bytes", "10") as relay:
         assert b" workers=2" in relay.ready_line
         assert sorted(_workers(relay)) == [1, 2]
+        # Resumes land on any worker: without a shared journal, the operator is told.
+        assert relay.stderr_text.count(b"with the journal in memory: a resume") == 1
         refusal = b"POST /v1/messages HTTP/1.1\r\nhost: r\r\ncontent-length: 11\r\n\r\n"
 
         def logged_by() -> set[int]:

@@ -50,6 +50,15 @@ _PORT_PAIR_ATTEMPTS = 5
 def supervise(config: RelayConfig, argv: Sequence[str]) -> int:
     """Run `config.workers` workers until SIGTERM/SIGINT; the process exit code."""
     configure_logging("supervisor")
+    if config.journal == "memory":
+        # The kernel hands a resume's connection to any worker, and each worker keeps
+        # its own journals: the worker running the stream gets it 1 time in N.
+        log.warning(
+            "--workers %d with the journal in memory: a resume reaches the worker "
+            "running its stream only by chance; give the workers a shared journal "
+            "(--journal redis://...) if clients resume streams",
+            config.workers,
+        )
     try:
         reserved, pinned = _reserve_ports(config)
     except OSError as exc:
