@@ -132,3 +132,27 @@ def test_a_stream_past_max_bytes_is_deleted_from_redis() -> None:
 
     with RedisServer() as server:
         asyncio.run(run(server))
+
+
+def test_streams_that_never_became_resumable_leave_the_writer() -> None:
+    """A non-2xx head, or an end before any head: nothing goes to Redis, and the writer
+    lets the mirror go (else its timer would run on for it forever)."""
+
+    async def run(server: RedisServer) -> None:
+        redis = Redis.from_url(server.url)
+        writer = JournalWriter(redis, retain=60, max_bytes=1 << 20, metrics=RelayMetrics())
+        refused, failed = mirror_of(writer, "refused"), mirror_of(writer, "failed")
+        writer.add(refused)
+        writer.add(failed)
+        refused.head(529, [(b"content-type", b"application/json")])
+        refused.body(b'{"type": "error"}')
+        refused.end(Ending.END)
+        failed.end(Ending.RESET)
+        await writer.flush()
+        assert writer.streams == 0
+        assert await redis.keys("*") == []
+        await writer.close()
+        await redis.aclose()
+
+    with RedisServer() as server:
+        asyncio.run(run(server))

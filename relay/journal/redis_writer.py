@@ -128,7 +128,7 @@ class StreamMirror:
 
     def head(self, status: int, headers: Headers) -> None:
         if not 200 <= status < 300:
-            self.done = True  # not resumable: nothing of it goes to Redis
+            self._never()  # not resumable: nothing of it goes to Redis
             return
         self._head = self.seal.seal_head(encode_head(status, headers))
         self._queue()
@@ -145,7 +145,9 @@ class StreamMirror:
             self._writer.wake()
 
     def end(self, ending: Ending) -> None:
-        if not self.done:
+        if not self.done and self.entries == 0 and self._head is None:
+            self._never()  # ended before any head: it never was resumable
+        elif not self.done:
             self._ending = ending
             self._queue()
             self._writer.wake()
@@ -154,6 +156,10 @@ class StreamMirror:
         if client is not self.remote and not self.done:
             self.claimed_here = True
             self._writer.wake()
+
+    def _never(self) -> None:
+        self.done = True
+        self._writer.drop(self)
 
     def _queue(self) -> None:
         if not self._queued:
@@ -228,6 +234,15 @@ class JournalWriter:
         self._live.add(mirror)
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def drop(self, mirror: StreamMirror) -> None:
+        """A mirror that never wrote anything and never will."""
+        self._live.discard(mirror)
+
+    @property
+    def streams(self) -> int:
+        """Streams being mirrored: they keep the writer's timer running."""
+        return len(self._live)
 
     def queue(self, mirror: StreamMirror) -> None:
         self._queued.append(mirror)
