@@ -27,6 +27,7 @@ STREAM_FIELDS = {
     "http_version",
     "status",
     "outcome",
+    "provider",
     "ttfb_s",
     "duration_s",
     "longest_silence_s",

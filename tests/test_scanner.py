@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import relay.sse.scanner
-from relay.core import stream_machine
+from relay.core import stream_state
 from relay.core.body_policy import BodyPolicy
 from relay.core.exchange import RequestHead, StreamSettings
 from relay.core.keepalive import COMMENT_FRAME
@@ -32,6 +32,7 @@ from relay.core.keepalive import FRAMES as KEEPALIVE_FRAMES
 from relay.core.retry import RetryPolicy
 from relay.core.stream_actions import Action, ArmTimer, OpenUpstream, SendHead, SendKeepalive
 from relay.core.stream_machine import StreamMachine
+from relay.sse import marks
 from relay.sse.scanner_pure import FrameScanner as PureScanner
 
 FastScanner: Any
@@ -48,6 +49,14 @@ BOM = b"\xef\xbb\xbf"
 PING_FRAME = b'event: ping\ndata: {"type": "ping"}\n\n'
 
 Snapshot = tuple[bool, bool, int, int, bool, bool, bool]
+EVENT_MARKS = {
+    b"message_start": marks.MESSAGE_START,
+    b"message_stop": marks.MESSAGE_STOP,
+    b"error": marks.ERROR_EVENT,
+    b"response.completed": marks.RESPONSE_END,
+    b"response.failed": marks.RESPONSE_END,
+    b"response.incomplete": marks.RESPONSE_END,
+}
 
 
 def fast_scanner_class() -> Any:
@@ -93,7 +102,9 @@ def fed(scanner_class: Any, *chunks: bytes | bytearray | memoryview) -> Any:
 class Reference:
     """The spec, written the obvious way: byte by byte, whole lines buffered."""
 
-    def __init__(self) -> None:
+    def __init__(self, watch: int = 0) -> None:
+        self.watch = watch  # the data-line marks looked for
+        self.marks = self.frame_marks = 0
         self.bom_pending: bytes | None = b""  # None once past the stream start
         self.line = bytearray()
         self.after_cr = False
@@ -130,12 +141,26 @@ class Reference:
                 self.saw_message_start |= self.event == b"message_start"
                 self.saw_message_stop |= self.event == b"message_stop"
                 self.saw_error |= self.event == b"error"
-            self.has_field, self.event = False, None
+                self.marks |= EVENT_MARKS.get(self.event or b"", 0) | self.frame_marks
+            self.has_field, self.event, self.frame_marks = False, None, 0
         elif not line.startswith(b":"):
             self.has_field = True
-            name, _, value = line.partition(b":")
+            name, colon, value = line.partition(b":")
+            value = value[1:] if value.startswith(b" ") else value
             if name == b"event":
-                self.event = value[1:] if value.startswith(b" ") else value
+                self.event = value
+            elif name == b"data" and colon:
+                self.frame_marks |= self.data_marks(value)
+
+    def data_marks(self, value: bytes) -> int:
+        found = 0
+        if self.watch & marks.DONE and value.startswith(b"[DONE]"):
+            found |= marks.DONE
+        if self.watch & marks.DATA_ERROR and value.startswith(b'{"error"'):
+            found |= marks.DATA_ERROR
+        if self.watch & marks.FINISH_REASON and b'"finishReason"' in value:
+            found |= marks.FINISH_REASON
+        return found
 
     @property
     def at_line_start(self) -> bool:
@@ -146,9 +171,9 @@ class Reference:
         return self.at_line_start and not self.has_field
 
 
-def reference_snapshots(stream: bytes) -> list[Snapshot]:
+def reference_snapshots(stream: bytes, watch: int = 0) -> list[Snapshot]:
     """The reference's snapshot after each prefix of `stream`, from empty to whole."""
-    ref = Reference()
+    ref = Reference(watch)
     snapshots = [snapshot(ref)]
     for b in stream:
         ref.byte(b)
@@ -426,7 +451,18 @@ def test_implementation_choice(env: dict[str, str], setup: str, expected: str) -
 TEXT = st.text(
     st.characters(exclude_characters="\r\n", exclude_categories=["Cs"]), max_size=12
 ).map(str.encode)
-RECOGNISED = st.sampled_from([b"ping", b"message_start", b"message_stop", b"error"])
+RECOGNISED = st.sampled_from(
+    [b"ping", b"message_start", b"message_stop", b"error", *list(EVENT_MARKS)[3:]]
+)
+# Data values that set a watched mark, near misses, and ones long enough to be searched
+# past the scanner's kept head (`"finishReason"` anywhere, also straddling chunks).
+DATA_VALUES = st.one_of(
+    st.sampled_from([b"[DONE]", b"[DONE] ", b"[DON", b" [DONE]", b'{"error"', b'{"error":{}}']),
+    st.sampled_from([b'{ "error"', b'"finishReason"', b'\\"finishReason\\"', b"finishReason"]),
+    st.tuples(st.integers(0, 80), st.sampled_from([b'"finishReason"', b'"finishReaso'])).map(
+        lambda parts: b"x" * parts[0] + parts[1] + b"}"
+    ),
+)
 NEAR_MISSES = st.sampled_from(
     [b"", b" ping", b"  message_start", b"error ", b"pin", b"content_block_delta", b"x" * 40]
 )
@@ -438,6 +474,7 @@ LINES = st.one_of(
     EVENT_LINES,
     EVENT_LINES,
     st.tuples(st.sampled_from([b"data:", b"data: ", b"data"]), TEXT).map(b"".join),
+    st.tuples(st.sampled_from([b"data:", b"data: ", b"data", b"dat: "]), DATA_VALUES).map(b"".join),
     st.integers(100, 5_000).map(lambda k: b"data: " + b"x" * k),
     TEXT.map(lambda t: b":" + t),
     TEXT.map(lambda t: b"id: " + t.replace(b"\x00", b"")),
@@ -639,7 +676,7 @@ def relay_through_machine(
         now = until
 
     head = RequestHead(b"POST", b"/v1/messages", [], None)
-    with mock.patch.object(stream_machine, "FrameScanner", scanner_class):
+    with mock.patch.object(stream_state, "FrameScanner", scanner_class):
         machine = StreamMachine(head, stream_settings(frame), now=0.0, jitter=lambda: 0.5)
         apply(machine.start(now))
         apply(machine.upstream_opened(now))

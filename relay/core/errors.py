@@ -1,7 +1,8 @@
 """Failures as values: each knows its HTTP status and the API error type to answer with.
 
 Every refusal or upstream failure the relay reports to a client is one of these, and
-`render_error_body` is the one place that renders the Messages API's JSON error shape.
+`render_error_body` is the one place that renders the Messages API's JSON error shape
+(relay/core/providers.py renders the other providers' shapes).
 """
 
 from __future__ import annotations
@@ -171,9 +172,13 @@ def render_error_body(error_type: str, message: str) -> bytes:
     return json.dumps(payload, separators=(",", ":")).encode()
 
 
-def error_response(error: RelayError, request_id: str) -> tuple[list[tuple[bytes, bytes]], bytes]:
-    """Headers and body of the relay's own answer for `error`, in the API's shape."""
-    body = render_error_body(error.error_type, error.message)
+def error_response(
+    error: RelayError, request_id: str, body: bytes | None = None
+) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """Headers and body of the relay's own answer for `error`, in the Messages API's
+    shape unless `body` is given (another provider's, relay/core/providers.py)."""
+    if body is None:
+        body = render_error_body(error.error_type, error.message)
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),

@@ -13,6 +13,7 @@ from typing import Protocol
 
 from relay.core.body_policy import BodyPolicy
 from relay.core.errors import RelayError
+from relay.core.providers import Provider
 from relay.core.retry import RetryPolicy
 
 Headers = list[tuple[bytes, bytes]]
@@ -143,3 +144,6 @@ class StreamSettings:
     resume_upstream: bool = False
     #: Every stream is resumable, asked or not (a route's `resumable = true`).
     resumable: bool = False
+    #: The provider every stream of the route speaks (a route's `provider`); None: told
+    #: by each request's path.
+    provider: Provider | None = None

@@ -25,7 +25,6 @@ from relay.core.errors import (
 )
 from relay.core.exchange import Headers
 from relay.core.headers import header_value, relayed_response_headers
-from relay.core.keepalive import KeepaliveClock
 from relay.core.retry import retry_after
 from relay.core.stream_actions import (
     END_RESPONSE,
@@ -42,7 +41,6 @@ from relay.core.stream_actions import (
 )
 from relay.core.stream_record import Outcome
 from relay.core.stream_state import StreamState, Upstream
-from relay.sse.scanner import FrameScanner
 
 log = logging.getLogger("sse_relay")
 
@@ -201,20 +199,7 @@ class StreamMachine(StreamState):
             headers = self._resume.learn(status, headers)
         headers = relayed_response_headers(headers)
         if content_type.lower().startswith(b"text/event-stream"):
-            encoding = header_value(headers, b"content-encoding")
-            if encoding is None or encoding.lower() == b"identity":
-                self._scanner = FrameScanner()
-                self._clock = KeepaliveClock(now)
-                # Keepalives add bytes, so the client's framing cannot be a fixed length.
-                headers = [(k, v) for k, v in headers if k != b"content-length"]
-                self._arm(now + self._settings.keepalive_interval)
-            else:
-                self._sse_compressed = True
-                log.warning(
-                    "SSE response for %s is content-encoded (%s): relayed without keepalives",
-                    self.head.target.decode(errors="replace"),
-                    encoding.decode(errors="replace"),
-                )
+            headers = self._start_sse(headers, now)
         if self._body.dropped_params:
             dropped = ",".join(self._body.dropped_params).encode()
             headers.append((b"x-sse-relay-dropped-params", dropped))
@@ -246,10 +231,10 @@ class StreamMachine(StreamState):
         if self._held:  # a BOM's start and then the end: not a BOM, upstream's bytes
             self._out.append(SendBody(self._held))
         self.upstream = Upstream.NONE
-        scanner = self._scanner
-        if scanner is not None and needs_truncation_error(scanner):
+        scanner, provider = self._scanner, self._provider
+        if scanner is not None and needs_truncation_error(scanner, provider):
             self._upstream_error = "truncated"
-            self._terminate(self._lost("the stream ended without message_stop"), Outcome.TRUNCATED)
+            self._terminate(self._lost(provider.truncation_reason), Outcome.TRUNCATED)
         else:
             self._out.append(END_RESPONSE)
             self._finish(Outcome.COMPLETED)
@@ -330,20 +315,21 @@ class StreamMachine(StreamState):
         """End the exchange with `error`, in the best form the client can still take."""
         if self._finished:
             return
-        scanner = self._scanner
-        complete = self._head_sent and scanner is not None and ended_by_upstream(scanner)
+        scanner, provider = self._scanner, self._provider
+        complete = self._head_sent and scanner is not None and ended_by_upstream(scanner, provider)
         self._abort_upstream()
         if not self._head_sent:
             log.warning("answered %s %s with %d: %s", *self.describe(), error.status, error.logged)
             self._send_error_response(error)
         elif complete:
-            # The Messages stream is complete (message_stop) or upstream reported its own
+            # The stream is complete (its terminal marker) or upstream reported its own
             # error: an added error would make a finished, paid-for turn look failed.
             log.info("ended %s %s after its last event: %s", *self.describe(), error.logged)
             self._out.append(END_RESPONSE)
         elif scanner is not None:
             log.warning("ended %s %s with an error frame: %s", *self.describe(), error.logged)
-            self._out.append(SendBody(ending_frames(scanner, error.error_type, error.message)))
+            frames = ending_frames(scanner, error.error_type, error.message, provider, error.status)
+            self._out.append(SendBody(frames))
             self._out.append(END_RESPONSE)
         else:
             # A fixed-length or compressed body cannot carry an error in-band; a reset is
@@ -385,6 +371,7 @@ class StreamMachine(StreamState):
             decision = clock.decide(now, self._last_byte, scanner.at_boundary, interval)
             if decision.write:
                 self.keepalives += 1
-                self._out.append(SendKeepalive(self._settings.keepalive_frame))
+                frame = self._provider.keepalive_frame(self._settings.keepalive_frame)
+                self._out.append(SendKeepalive(frame))
             next_check = min(next_check, decision.next_check)
         self._arm(next_check)

@@ -60,3 +60,5 @@ class StreamRecord:
     stream_id: str | None = None
     resumes: int = 0
     detached_seconds: float = 0.0
+    #: Whose stream it was (relay/core/providers.py PROVIDER_NAMES).
+    provider: str = "unknown"

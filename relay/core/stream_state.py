@@ -13,8 +13,10 @@ from collections.abc import Callable
 from enum import Enum
 
 from relay.core.errors import RelayError, UpstreamLost, error_response, new_request_id
-from relay.core.exchange import RequestHead, StreamSettings
+from relay.core.exchange import Headers, RequestHead, StreamSettings
+from relay.core.headers import header_value
 from relay.core.keepalive import KeepaliveClock
+from relay.core.providers import provider_for
 from relay.core.request_body import RequestBody
 from relay.core.stream_actions import (
     ABORT_UPSTREAM,
@@ -67,6 +69,7 @@ class StreamState:
         "_last_byte",
         "_longest_silence",
         "_out",
+        "_provider",
         "_refused",
         "_request_id",
         "_resume",
@@ -96,6 +99,8 @@ class StreamState:
     ) -> None:
         self.head = head
         self._settings = settings
+        #: Whose stream this is: its ending, error shapes and keepalive.
+        self._provider = provider_for(head.target, settings.provider)
         #: Uniform in [0, 1): spreads the retries of many streams failing at once.
         self._jitter = jitter
         self._out: list[Action] = []
@@ -173,6 +178,7 @@ class StreamState:
             upstream_error=self._upstream_error,
             error_detail=self._error_detail,
             sse_compressed=self._sse_compressed,
+            provider=self._provider.name,
         )
 
     def _frames(self) -> int:
@@ -213,12 +219,31 @@ class StreamState:
 
     def _send_error_response(self, error: RelayError) -> None:
         self._request_id = new_request_id()
-        headers, body = error_response(error, self._request_id)
+        body = self._provider.render_body(error.error_type, error.message, error.status)
+        headers, body = error_response(error, self._request_id, body)
         self._head_sent = True
         self._status = error.status
         self._out.append(SendHead(error.status, headers))
         self._out.append(SendBody(body))
         self._out.append(END_RESPONSE)
+
+    def _start_sse(self, headers: Headers, now: float) -> Headers:
+        """An SSE response head: scan its body and keep it alive, unless it is
+        content-encoded (then no frame can be inserted); the head to relay."""
+        encoding = header_value(headers, b"content-encoding")
+        if encoding is not None and encoding.lower() != b"identity":
+            self._sse_compressed = True
+            log.warning(
+                "SSE response for %s is content-encoded (%s): relayed without keepalives",
+                self.head.target.decode(errors="replace"),
+                encoding.decode(errors="replace"),
+            )
+            return headers
+        self._scanner = FrameScanner(self._provider.watch)
+        self._clock = KeepaliveClock(now)
+        self._arm(now + self._settings.keepalive_interval)
+        # Keepalives add bytes, so the client's framing cannot be a fixed length.
+        return [(k, v) for k, v in headers if k != b"content-length"]
 
     def _start_of_body(self, data: bytes) -> bytes:
         """Upstream's first bytes. After a keepalive a leading BOM is dropped (it only

@@ -69,6 +69,7 @@ def stream_fields(record: StreamRecord) -> dict[str, Any]:
         "http_version": record.http_version,
         "status": record.status,
         "outcome": record.outcome.value,
+        "provider": record.provider,
         "ttfb_s": _seconds(record.ttfb),
         "duration_s": _seconds(record.duration),
         "longest_silence_s": _seconds(record.longest_silence),

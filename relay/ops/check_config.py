@@ -65,6 +65,7 @@ def render(resolved: ResolvedConfig) -> str:
                 ),
                 ("upstream", route.upstreams, sources[f"route[{index}].upstream"]),
                 ("resumable", route.resumable, sources[f"route[{index}].resumable"]),
+                ("provider", route.provider, sources[f"route[{index}].provider"]),
             ]
         )
     return "\n".join(lines) + "\n"

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from relay.core.exchange import UpstreamTarget
+from relay.core.providers import parse_provider
 from relay.ops.config_file import ConfigFile, ConfigFileError, RawValue, read_config_file
 from relay.ops.setting_table import SETTINGS, Setting, parse_boolean, parse_upstream
 
@@ -31,6 +32,9 @@ class RouteConfig:
     upstreams: tuple[UpstreamTarget, ...]
     #: Every stream of the route is resumable, as if it sent `relay-resumable: 1`.
     resumable: bool = False
+    #: The provider its streams speak (relay/core/providers.py), where the path is
+    #: ambiguous; None: told by each request's path.
+    provider: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +94,7 @@ def config_field(flag: str) -> str | None:
 
 
 #: What a `[[route]]` table may set; what it leaves out comes from the top level.
-ROUTE_KEYS = ("prefix", "keepalive-interval", "upstream", "resumable")
+ROUTE_KEYS = ("prefix", "keepalive-interval", "upstream", "resumable", "provider")
 
 DEFAULT_UPSTREAM = "https://api.anthropic.com"
 #: Names the config file, as --config does (not a setting: the file cannot name itself).
@@ -252,7 +256,10 @@ def _routes(
         resumable = "resumable" in table and _parse_with(
             parse_boolean, table["resumable"], f"{where}.resumable"
         )
+        provider = None
+        if "provider" in table:
+            provider = _parse_with(parse_provider, table["provider"], f"{where}.provider").name
         for key in ROUTE_KEYS:
             sources[f"{name}.{key}"] = f"file {file.path}" if key in table else "inherited"
-        routes.append(RouteConfig(prefix, interval, upstreams, resumable))
+        routes.append(RouteConfig(prefix, interval, upstreams, resumable, provider))
     return tuple(routes)

@@ -23,6 +23,7 @@ from prometheus_client import (
 )
 
 from relay import __version__
+from relay.core.providers import PROVIDER_NAMES
 from relay.core.stream_record import Outcome, StreamRecord
 from relay.sse.scanner import IMPLEMENTATION
 
@@ -71,6 +72,14 @@ class RelayMetrics:
             "sse_relay_streams",
             "Finished streams, by the status sent to the client ('none' if none was) and outcome",
             ["http_version", "status", "outcome"],
+            registry=registry,
+        )
+        # Its own counter, so that the established series of sse_relay_streams_total keep
+        # their labels; `provider` takes only the table's names and `unknown`.
+        self._provider_streams = Counter(
+            "sse_relay_provider_streams",
+            "Finished streams by provider (relay/core/providers.py, or unknown) and outcome",
+            ["provider", "outcome"],
             registry=registry,
         )
         self._bytes_in = Counter(
@@ -197,6 +206,8 @@ class RelayMetrics:
             self._active.labels(version)
         for kind in UPSTREAM_ERROR_KINDS:
             self._upstream_errors.labels(kind)
+        for provider in PROVIDER_NAMES:
+            self._provider_streams.labels(provider, Outcome.COMPLETED.value)
         for kind in _CLIENT_ABORT_KINDS.values():
             self._client_aborts.labels(kind)
         for reason in HOSTILE_CLOSE_REASONS:
@@ -211,6 +222,7 @@ class RelayMetrics:
         self._active.labels(version).dec()
         status = "none" if record.status is None else str(record.status)
         self._streams.labels(version, status, record.outcome.value).inc()
+        self._provider_streams.labels(record.provider, record.outcome.value).inc()
         self._bytes_in.inc(record.bytes_in)
         if record.detached_seconds:
             self._detached_seconds.inc(record.detached_seconds)

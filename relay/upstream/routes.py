@@ -18,6 +18,7 @@ from relay.core.exchange import (
     UpstreamTarget,
 )
 from relay.core.keepalive import FRAMES
+from relay.core.providers import parse_provider
 from relay.core.retry import RetryPolicy
 from relay.core.route_table import RouteTable
 from relay.ops.config import RelayConfig
@@ -91,6 +92,9 @@ class UpstreamRoutes:
                             settings,
                             keepalive_interval=route.keepalive_interval,
                             resumable=route.resumable,
+                            provider=None
+                            if route.provider is None
+                            else parse_provider(route.provider),
                         ),
                         pools(route.upstreams),
                     ),
