@@ -14,12 +14,22 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import machine, plot, report, resume_cost, resume_report, scanner_speed, scenarios
+from bench import (
+    machine,
+    plot,
+    report,
+    resume_cost,
+    resume_report,
+    scanner_speed,
+    scenarios,
+    tls_cost,
+    tls_report,
+)
 from bench.plan import PLANS, Plan
 from bench.procs import CONTENDER_CPUS, HARNESS_CPUS, pinning_enabled
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SCENARIOS = ("scanner", "latency", "cost", "h2-h3", "idle", "resume")
+SCENARIOS = ("scanner", "latency", "cost", "h2-h3", "tls", "idle", "resume")
 
 
 def say(line: str) -> None:
@@ -68,6 +78,10 @@ def run(plan: Plan, only: tuple[str, ...]) -> dict[str, Any]:
                         if name in only:
                             say(title)
                             results[name] = scenario(plan, running, say)
+            if "tls" in only:
+                say("scenario 7: a TLS upstream (HTTP/2 or HTTP/1.1 by ALPN)")
+                tls = scenarios.tls_upstream(emitter)
+                results["tls"] = tls_cost.run(plan, upstream, tls, workdir, say)
             if "idle" in only:
                 say(f"scenario 3: {plan.idle_streams} idle streams")
                 results["idle"] = scenarios.idle(plan, upstream, workdir, say)
@@ -76,7 +90,9 @@ def run(plan: Plan, only: tuple[str, ...]) -> dict[str, Any]:
                 results["resume"] = resume_cost.run(plan, upstream, workdir, say)
         finally:
             emitter.stop()
-    results["targets"] = report.targets(results) + resume_report.targets(results)
+    results["targets"] = (
+        report.targets(results) + tls_report.targets(results) + resume_report.targets(results)
+    )
     meta["duration_s"] = round(time.monotonic() - started_at, 1)
     return results
 
@@ -105,7 +121,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     results = run(PLANS["quick" if args.quick else "full"], tuple(args.only))
-    text = report.markdown(results, resume_report.section(results))
+    text = report.markdown(results, tls_report.section(results) + resume_report.section(results))
     say("")
     say(text)
     for path in save(results, text):

@@ -14,8 +14,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import trustme
-
+from bench.certs import run_certificates
 from bench.proc_stats import children
 from bench.procs import CONTENDER_CPUS, HARNESS_CPUS, ServerProcess, free_port, wait_for_port
 
@@ -132,17 +131,41 @@ class SseRelay(Contender):
     def _http3_args(workdir: Path) -> list[str]:
         """An HTTP/3 listener (QUIC is always TLS), with a certificate for `localhost`
         from a CA made for this run."""
-        cert, key = workdir / "cert.pem", workdir / "key.pem"
-        if not cert.exists():
-            ca = trustme.CA()
-            ca.cert_pem.write_to_path(str(workdir / "ca.pem"))
-            issued = ca.issue_cert("localhost")
-            issued.cert_chain_pems[0].write_to_path(str(cert))
-            issued.private_key_pem.write_to_path(str(key))
+        certs = run_certificates(workdir)
+        cert, key = certs.cert, certs.key
         return [
             *("--tls-listen", "127.0.0.1:0", "--tls-cert", str(cert), "--tls-key", str(key)),
             "--http3",
         ]
+
+
+class TlsUpstreamRelay(SseRelay):
+    """sse-relay (Cython scanner) to the emitter's TLS listener, verifying it against the
+    run's CA: `protocol` "auto" (HTTP/2 by ALPN, what users get against the real API)
+    or "http/1.1" (`--upstream-protocol http/1.1`, ALPN offers only that)."""
+
+    def __init__(self, protocol: str) -> None:
+        super().__init__("cython")
+        self.protocol = protocol
+        self.key = "relay-tls-auto" if protocol == "auto" else "relay-tls-h1"
+        self.label = LABELS_TLS[self.key]
+
+    def start(self, upstream: str, workdir: Path, keepalive_interval: float) -> Running:
+        if not upstream.startswith("https://"):
+            raise ValueError(f"{self.key} wants the emitter's TLS URL, not {upstream}")
+        extra = [
+            *("--admin-listen", "off"),
+            *("--upstream-ca", str(run_certificates(workdir).ca)),
+            *("--upstream-protocol", self.protocol),
+        ]
+        return self._start(upstream, workdir, keepalive_interval, extra)
+
+
+LABELS_TLS = {
+    "relay-tls-auto": "sse-relay (auto: h2 upstream)",
+    "relay-tls-h1": "sse-relay (http/1.1 upstream)",
+    "nginx-tls": "nginx (https upstream, keepalive pool)",
+}
 
 
 class ResumableRelay(SseRelay):
@@ -226,13 +249,13 @@ class Nginx(Contender):
     label = "nginx (1 worker)"
 
     def start(self, upstream: str, workdir: Path, keepalive_interval: float) -> Running:
-        prefix = workdir / "nginx"
+        prefix = workdir / self.key
         prefix.mkdir(exist_ok=True)
         h1_port, h2c_port = free_port(), free_port()
         config = prefix / "nginx.conf"
-        config.write_text(nginx_config(prefix, upstream, h1_port, h2c_port))
+        config.write_text(nginx_config(prefix, upstream, h1_port, h2c_port, workdir))
         args = [NGINX, "-p", str(prefix), "-c", str(config), "-e", str(prefix / "error.log")]
-        process = ServerProcess(args, workdir / "nginx.log", cpus=CONTENDER_CPUS)
+        process = ServerProcess(args, workdir / f"{self.key}.log", cpus=CONTENDER_CPUS)
         wait_for_port(h1_port)
         wait_for_port(h2c_port)
         # The master only supervises, but its CPU counts too.
@@ -255,9 +278,32 @@ def _worker_pids(master: int, timeout: float = 5.0) -> list[int]:
     return workers
 
 
-def nginx_config(prefix: Path, upstream: str, h1_port: int, h2c_port: int) -> str:
-    """One worker; HTTP/1.1 on one port, h2c by prior knowledge on another."""
-    upstream_host = upstream.removeprefix("http://")
+class NginxTls(Nginx):
+    """nginx to the emitter's TLS listener: `proxy_pass https://`, the certificate
+    verified against the run's CA, sessions reused, a keepalive pool (HTTP/1.1: nginx
+    1.22 proxies only that upstream)."""
+
+    key = "nginx-tls"
+    label = LABELS_TLS["nginx-tls"]
+
+    def start(self, upstream: str, workdir: Path, keepalive_interval: float) -> Running:
+        if not upstream.startswith("https://"):
+            raise ValueError(f"{self.key} wants the emitter's TLS URL, not {upstream}")
+        return super().start(upstream, workdir, keepalive_interval)
+
+
+def nginx_config(prefix: Path, upstream: str, h1_port: int, h2c_port: int, workdir: Path) -> str:
+    """One worker; HTTP/1.1 on one port, h2c by prior knowledge on another; to an
+    `https://` upstream, TLS verified against the run's CA (the leaf is for localhost)."""
+    scheme, upstream_host = upstream.split("://", 1)
+    tls = ""
+    if scheme == "https":
+        tls = f"""
+            proxy_ssl_trusted_certificate {run_certificates(workdir).ca};
+            proxy_ssl_verify on;
+            proxy_ssl_name localhost;
+            proxy_ssl_server_name on;
+            proxy_ssl_session_reuse on;"""
     temp = " ".join(
         f"{kind}_temp_path {prefix / kind};" for kind in ("client_body", "proxy", "fastcgi")
     )
@@ -278,7 +324,7 @@ http {{
         listen 127.0.0.1:{h1_port} backlog=4096;
         listen 127.0.0.1:{h2c_port} http2 backlog=4096;
         location / {{
-            proxy_pass http://emitter;
+            proxy_pass {scheme}://emitter;{tls}
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_buffering off;
@@ -316,4 +362,7 @@ ALL: tuple[Contender, ...] = (
     SseRelay("python"),
     Nginx(),
     NaiveRelay(),
+    TlsUpstreamRelay("auto"),
+    TlsUpstreamRelay("http/1.1"),
+    NginxTls(),
 )

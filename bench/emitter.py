@@ -1,9 +1,11 @@
 """The benchmark's upstream: a fast emitter of paced, stamped Messages-API SSE frames.
 
-`python -m bench.emitter` answers every POST with a chunked SSE stream whose pace the
-request's query string sets (see `StreamPlan`). Each event is its own `write` (its own
-chunk), as the real API sends them, and carries its send time. HTTP/1.1 with keep-alive,
-parsed by hand: the load is in the frames, and the request side stays off the profile.
+`python -m bench.emitter` answers every POST with an SSE stream whose pace the request's
+query string sets (see `bench.pacing.StreamPlan`). Each event is its own `write` (its
+own chunk), as the real API sends them, and carries its send time. Cleartext HTTP/1.1
+with keep-alive, parsed by hand: the load is in the frames, and the request side stays
+off the profile. With `--tls-cert` it also serves TLS, HTTP/2 or HTTP/1.1 by ALPN
+(bench/emitter_h2.py), as the real API does.
 """
 
 from __future__ import annotations
@@ -12,15 +14,13 @@ import argparse
 import asyncio
 import random
 import signal
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
+import ssl
 from typing import cast
-from urllib.parse import parse_qsl, urlsplit
 
 import uvloop
 
-from bench import frames
+from bench.emitter_h2 import H2EmitterConnection
+from bench.pacing import PacedStream, StreamPlan
 
 _HEAD = (
     b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n"
@@ -28,113 +28,25 @@ _HEAD = (
 )
 _NOT_FOUND = b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
-_DELTAS = frames.thinking_deltas()
-# Timers fire on whole milliseconds: an event due within one is sent now, not re-armed.
-_EARLY_S = 0.001
 
 
-@dataclass(frozen=True)
-class StreamPlan:
-    """What one response does, from its query string.
+class Http1Sink:
+    """One HTTP/1.1 response: each frame its own chunk, its own `transport.write`."""
 
-    rate: events per second while active; until: `time.monotonic_ns()` at which the turn
-    ends; cycle and duty: active for `duty * cycle` seconds of every `cycle` (0: always).
-    """
+    __slots__ = ("_write",)
 
-    rate: float = 50.0
-    until: int = 0
-    cycle: float = 0.0
-    duty: float = 1.0
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._write = transport.write
+        self._write(_HEAD)
 
-    @classmethod
-    def from_target(cls, target: bytes) -> StreamPlan:
-        query = dict(parse_qsl(urlsplit(target.decode("latin-1")).query))
-        return cls(
-            rate=float(query.get("rate", cls.rate)),
-            until=int(query.get("until", time.monotonic_ns() + 10**9)),
-            cycle=float(query.get("cycle", cls.cycle)),
-            duty=float(query.get("duty", cls.duty)),
-        )
+    def send(self, frame: bytes) -> None:
+        self._write(b"%x\r\n%b\r\n" % (len(frame), frame))
 
+    def flush(self) -> None:
+        pass  # every `send` was already a write
 
-class PacedStream:
-    """Sends one response's events on schedule; catches up (one write each) if late."""
-
-    def __init__(
-        self,
-        transport: asyncio.Transport,
-        plan: StreamPlan,
-        rng: random.Random,
-        on_done: Callable[[], None],
-    ) -> None:
-        self._transport = transport
-        self._plan = plan
-        self._on_done = on_done
-        self._loop = asyncio.get_running_loop()
-        self._period = 1.0 / plan.rate
-        self._until_s = plan.until / 1e9
-        now = time.monotonic()
-        # A random phase spreads streams over the period (and over the idle cycle).
-        if plan.cycle:
-            self._origin = now - rng.random() * plan.cycle
-            self._next = self._skip_idle(now)
-        else:
-            self._origin = now
-            self._next = now + rng.random() * self._period
-        self._sent = 0
-        self._timer: asyncio.TimerHandle | None = None
-
-    def start(self) -> None:
-        write = self._transport.write
-        write(_HEAD)
-        write(_chunk(frames.MESSAGE_START))
-        write(_chunk(frames.THINKING_START))
-        self._arm()
-
-    def cancel(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _arm(self) -> None:
-        if self._next >= self._until_s:
-            self._timer = self._loop.call_at(self._until_s, self._finish)
-        else:
-            self._timer = self._loop.call_at(self._next, self._tick)
-
-    def _tick(self) -> None:
-        write = self._transport.write
-        deltas = _DELTAS
-        now = time.monotonic()
-        while self._next <= now + _EARLY_S and self._next < self._until_s:
-            frame = deltas[self._sent % len(deltas)].render(time.monotonic_ns())
-            write(_chunk(frame))
-            self._sent += 1
-            self._next += self._period
-            if self._plan.cycle:
-                self._next = self._skip_idle(self._next)
-        self._arm()
-
-    def _skip_idle(self, when: float) -> float:
-        """`when`, or the start of the next active window if `when` is in a silent part."""
-        cycle = self._plan.cycle
-        position = (when - self._origin) % cycle
-        # Half a period of slack: summed float steps must not squeeze in an extra event
-        # at the window's very end.
-        active = self._plan.duty * cycle - self._period / 2
-        return when if position < active else when + cycle - position
-
-    def _finish(self) -> None:
-        self._timer = None
-        write = self._transport.write
-        for frame in frames.CLOSING:
-            write(_chunk(frame))
-        write(_LAST_CHUNK)
-        self._on_done()
-
-
-def _chunk(frame: bytes) -> bytes:
-    return b"%x\r\n%b\r\n" % (len(frame), frame)
+    def end(self) -> None:
+        self._write(_LAST_CHUNK)
 
 
 class EmitterConnection(asyncio.Protocol):
@@ -188,31 +100,74 @@ class EmitterConnection(asyncio.Protocol):
             self._next_request()
             return
         plan = StreamPlan.from_target(target.encode("latin-1"))
-        self._stream = PacedStream(self._transport, plan, self._rng, self._stream_finished)
+        sink = Http1Sink(self._transport)
+        self._stream = PacedStream(sink, plan, self._rng, self._stream_finished)
         self._stream.start()
 
 
-async def serve(host: str, port: int) -> None:
+class ByAlpn(asyncio.Protocol):
+    """The TLS listener's first protocol: hands the connection to HTTP/2 or HTTP/1.1,
+    whichever the client picked by ALPN, once the handshake is done."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self._rng = rng
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        tls = transport.get_extra_info("ssl_object")
+        alpn = tls.selected_alpn_protocol() if tls is not None else None
+        chosen: asyncio.Protocol = (
+            H2EmitterConnection(self._rng) if alpn == "h2" else EmitterConnection(self._rng)
+        )
+        transport.set_protocol(chosen)
+        chosen.connection_made(transport)
+
+
+def tls_context(cert: str, key: str) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    context.set_alpn_protocols(["h2", "http/1.1"])
+    return context
+
+
+async def serve(host: str, port: int, tls_port: int, cert: str, key: str) -> None:
     loop = asyncio.get_running_loop()
     rng = random.Random(1)
     server = await loop.create_server(
         lambda: EmitterConnection(rng), host, port, backlog=4096, reuse_address=True
     )
+    servers = [server]
+    tls_url = ""
+    if cert:
+        tls_server = await loop.create_server(
+            lambda: ByAlpn(rng),
+            host,
+            tls_port,
+            backlog=4096,
+            reuse_address=True,
+            ssl=tls_context(cert, key),
+        )
+        servers.append(tls_server)
+        tls_url = f"tls=https://{host}:{tls_server.sockets[0].getsockname()[1]} "
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     bound = server.sockets[0].getsockname()[1]
-    print(f"bench emitter listening on http://{host}:{bound}", flush=True)
+    # The cleartext URL comes last: readers take the line's last word.
+    print(f"bench emitter {tls_url}listening on http://{host}:{bound}", flush=True)
     await stop.wait()
-    server.close()
+    for each in servers:
+        each.close()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.emitter", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--tls-port", type=int, default=0)
+    parser.add_argument("--tls-cert", default="", help="PEM chain: also serve TLS")
+    parser.add_argument("--tls-key", default="")
     args = parser.parse_args()
-    uvloop.run(serve(args.host, args.port))
+    uvloop.run(serve(args.host, args.port, args.tls_port, args.tls_cert, args.tls_key))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -22,10 +21,11 @@ from urllib.parse import urlsplit
 
 import uvloop
 
+from bench.client_h2c import LeanH2cConnection
 from bench.client_h3 import H3ClientConnection, h3_connect
 from bench.clients import H1Stream, H2cConnection
 from bench.collector import RunTally, StreamTally
-from bench.proc_stats import cores_busy_seconds, cpu_seconds, rss_kib, user_system_seconds
+from bench.sampler import Sampler
 from bench.stats import summarize_ns
 
 BODY = (
@@ -49,8 +49,9 @@ class LoadSpec:
     grace: float
     proto: str = "h1"  # or "h2c", "h3"
     streams_per_connection: int = 100  # h2c and h3
+    h2_client: str = "lean"  # h2c: bench/client_h2c.py, or "h2" (the h2 package's)
     ca_file: str = ""  # h3: the CA that signed the relay's certificate
-    cycle: float = 0.0  # idle shape, see bench.emitter.StreamPlan
+    cycle: float = 0.0  # idle shape, see bench.pacing.StreamPlan
     duty: float = 1.0
     keepalive_interval: float = 1.0
     watch: tuple[int, ...] = ()
@@ -59,6 +60,9 @@ class LoadSpec:
     #: Processes the contender's work moved to (its Redis): sampled at the same edges,
     #: reported apart as side_*, so the contender's own figures stay its own.
     side: tuple[int, ...] = ()
+    #: The harness's other processes (the emitter): their CPU per event is reported
+    #: beside the load generator's own (harness_*), apart from neighbours on the core.
+    harness: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -86,77 +90,13 @@ class _Progress:
             self.all_done.set()
 
 
-class _Sampler:
-    """Contender CPU and RSS at the window's edges (the sample times are kept: a busy
-    loop may take them late, and rates use the real span), and how busy the load
-    generator's own cores were: near 100% the run measures the harness, not the contender."""
-
-    def __init__(self, pids: tuple[int, ...], side: tuple[int, ...] = ()) -> None:
-        self.pids = pids
-        self.side = side
-        self.harness_cores = sorted(os.sched_getaffinity(0))
-        # (time ns, harness busy s, contender CPU s, contender user s, contender kernel s)
-        self.samples: list[tuple[int, float, float, float, float]] = []
-        self.side_samples: list[tuple[float, float, float]] = []
-        self.rss_kib = 0
-        self.side_rss_kib = 0
-
-    def sample(self) -> None:
-        cpu, user, system = 0.0, 0.0, 0.0
-        if self.pids:
-            cpu = cpu_seconds(self.pids)
-            user, system = user_system_seconds(self.pids)
-            self.rss_kib = rss_kib(self.pids)
-        if self.side:
-            self.side_samples.append((cpu_seconds(self.side), *user_system_seconds(self.side)))
-            self.side_rss_kib = rss_kib(self.side)
-        busy = cores_busy_seconds(self.harness_cores)
-        self.samples.append((time.monotonic_ns(), busy, cpu, user, system))
-
-    def figures(self, events_per_s: float) -> dict[str, Any]:
-        if len(self.samples) != 2:
-            return {}
-        (t_a, busy_a, cpu_a, user_a, system_a), (t_b, busy_b, cpu_b, user_b, system_b) = (
-            self.samples
-        )
-        span = (t_b - t_a) / 1e9
-        found: dict[str, Any] = {
-            "harness_cpu_util": round((busy_b - busy_a) / span / len(self.harness_cores), 4)
-        }
-        if self.pids:
-            utilization = (cpu_b - cpu_a) / span
-            ticked = (user_b - user_a) + (system_b - system_a)
-            found |= {
-                "cpu_util": round(utilization, 4),
-                "cpu_s_per_mevent": (
-                    round(utilization / events_per_s * 1e6, 3) if events_per_s else None
-                ),
-                # The precise total is split in the ticks' proportion.
-                "kernel_share": round((system_b - system_a) / ticked, 4) if ticked else None,
-                "rss_kib": self.rss_kib,
-            }
-        if len(self.side_samples) == 2:
-            (cpu_a, user_a, system_a), (cpu_b, user_b, system_b) = self.side_samples
-            utilization = (cpu_b - cpu_a) / span
-            ticked = (user_b - user_a) + (system_b - system_a)
-            found |= {
-                "side_cpu_util": round(utilization, 4),
-                "side_cpu_s_per_mevent": (
-                    round(utilization / events_per_s * 1e6, 3) if events_per_s else None
-                ),
-                "side_kernel_share": round((system_b - system_a) / ticked, 4) if ticked else None,
-                "side_rss_kib": self.side_rss_kib,
-            }
-        return found
-
-
 async def run(spec: LoadSpec) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     t0 = time.monotonic_ns()
     start_ns = t0 + int(spec.ramp * 1e9)
     end_ns = start_ns + int(spec.measure * 1e9)
     tally = RunTally(start_ns, end_ns, int(spec.keepalive_interval * 1e9))
-    sampler = _Sampler(spec.watch, spec.side)
+    sampler = Sampler(spec.watch, spec.side, spec.harness)
     loop.call_at(start_ns / 1e9, sampler.sample)
     loop.call_at(end_ns / 1e9, sampler.sample)
     progress = _Progress()
@@ -229,9 +169,13 @@ async def _open_h2c(
     spec: LoadSpec, host: str, port: int, path: bytes, tally: RunTally, progress: _Progress
 ) -> _Opened:
     loop = asyncio.get_running_loop()
-    connections: list[H2cConnection] = []
+    kind: Callable[[], LeanH2cConnection | H2cConnection] = (
+        LeanH2cConnection if spec.h2_client == "lean" else H2cConnection
+    )
+    connections: list[LeanH2cConnection | H2cConnection] = []
     for _ in range(math.ceil(spec.streams / spec.streams_per_connection)):
-        _, connection = await loop.create_connection(H2cConnection, host, port)
+        _, connection = await loop.create_connection(kind, host, port)
+        assert isinstance(connection, LeanH2cConnection | H2cConnection)
         await asyncio.wait_for(connection.ready, 10)
         connections.append(connection)
     return await _open_multiplexed(
@@ -263,7 +207,7 @@ async def _open_h3(
 
 async def _open_multiplexed(
     spec: LoadSpec,
-    connections: Sequence[H2cConnection] | Sequence[H3ClientConnection],
+    connections: Sequence[LeanH2cConnection | H2cConnection] | Sequence[H3ClientConnection],
     flushes: list[Callable[[], None]],
     authority: bytes,
     path: bytes,
@@ -298,7 +242,7 @@ async def _open_multiplexed(
 def _result(
     spec: LoadSpec,
     tally: RunTally,
-    sampler: _Sampler,
+    sampler: Sampler,
     progress: _Progress,
     t0: int,
     opened_ns: int,
@@ -338,12 +282,14 @@ def _parse() -> LoadSpec:
     add("--proto", choices=("h1", "h2c", "h3"), default="h1")
     add("--ca-file", default="", help="h3: CA certificate for the relay's listener")
     add("--streams-per-connection", type=int, default=100)
+    add("--h2-client", choices=("lean", "h2"), default="lean", help="h2c: which client")
     add("--cycle", type=float, default=0.0)
     add("--duty", type=float, default=1.0)
     add("--keepalive-interval", type=float, default=1.0)
     add("--watch", type=int, nargs="*", default=[])
     add("--header", action="append", default=[], help="extra request header, NAME: VALUE")
     add("--side", type=int, nargs="*", default=[], help="PIDs reported apart (side_*)")
+    add("--harness", type=int, nargs="*", default=[], help="the emitter's PID (harness_*)")
     args = parser.parse_args()
     return LoadSpec(
         url=args.url,
@@ -354,6 +300,7 @@ def _parse() -> LoadSpec:
         grace=args.grace,
         proto=args.proto,
         streams_per_connection=args.streams_per_connection,
+        h2_client=args.h2_client,
         ca_file=args.ca_file,
         cycle=args.cycle,
         duty=args.duty,
@@ -361,6 +308,7 @@ def _parse() -> LoadSpec:
         watch=tuple(args.watch),
         headers=tuple(args.header),
         side=tuple(args.side),
+        harness=tuple(args.harness),
     )
 
 

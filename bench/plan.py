@@ -28,9 +28,13 @@ class Plan:
     idle_contenders: tuple[str, ...]
     #: Scenario 4: seconds of feeding per timing.
     scanner_seconds: float
-    #: Scenario 5: streams over h2c and over HTTP/3, `latency_rate` events/s each.
-    h2_streams: tuple[int, ...]
+    #: Scenario 5: (streams, events/s each, rounds) over h2c; streams over HTTP/3 at
+    #: `latency_rate` events/s each.
+    h2_loads: tuple[tuple[int, float, int], ...]
     h3_streams: tuple[int, ...]
+    #: Scenario 7, a TLS upstream: (streams, events/s per stream, rounds), `tls_measure` s.
+    tls_loads: tuple[tuple[int, float, int], ...]
+    tls_measure: float
     latency_rate: float = 50.0  # scenario 5's, and scenario 2's below 1000 streams
     idle_rate: float = 10.0  # events/s while a stream is active
     idle_cycle: float = 20.0  # active 1 s, silent 19 s, at a random phase per stream
@@ -78,10 +82,13 @@ FULL = Plan(
     idle_measure=10.0,
     idle_contenders=("direct", "relay-cython", "relay-python", "nginx"),
     scanner_seconds=1.0,
-    # 1000 h2c streams x 50/s saturate the load generator's core (the h2 package parses
-    # every DATA frame in Python), so they would measure the harness.
-    h2_streams=(1, 100),
+    # 1000 h2c streams run at 20/s, as HTTP/1.1's: at 50/s the harness core saturates.
+    # Rounds from 100 streams up: their CPU per event is a target's.
+    h2_loads=((1, 50.0, 1), (100, 50.0, 3), (1000, 20.0, 3)),
     h3_streams=(1, 100),
+    # The cost ladder's reference loads, where each event is its own read and write.
+    tls_loads=((100, 100.0, 3), (1000, 10.0, 3)),
+    tls_measure=3.0,
 )
 
 QUICK = Plan(
@@ -96,8 +103,10 @@ QUICK = Plan(
     idle_measure=4.0,
     idle_contenders=("relay-cython",),
     scanner_seconds=0.2,
-    h2_streams=(100,),
+    h2_loads=((100, 50.0, 1), (1000, 20.0, 1)),
     h3_streams=(100,),
+    tls_loads=((1000, 10.0, 1),),
+    tls_measure=2.0,
     resume_cpu=(1000, 10.0, 2),
     resume_measure=2.0,
     resume_memory=(500, 20.0, 4.0),

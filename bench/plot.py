@@ -11,7 +11,8 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 from matplotlib.ticker import NullFormatter, ScalarFormatter
 
-from bench.report import LABELS, PCTS, max_sustained, per_core, reference_step
+from bench.report import PCTS
+from bench.tables import LABELS, max_sustained, per_core, reference_step
 
 _COLOURS = {
     "direct": "#9e9e9e",

@@ -82,3 +82,23 @@ def children(pid: int) -> list[int]:
     for task in Path(f"/proc/{pid}/task").iterdir():
         found += [int(child) for child in (task / "children").read_text().split()]
     return found
+
+
+def established_to(pids: Iterable[int], port: int) -> int:
+    """The processes' established TCP connections to 127.0.0.1:`port` (IPv4)."""
+    inodes: set[str] = set()
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue  # closed since the listing
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    wanted = f":{port:04X}"
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[2].endswith(wanted) and fields[3] == "01" and fields[9] in inodes:
+            count += 1
+    return count

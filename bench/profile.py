@@ -24,7 +24,7 @@ from bench import machine, scenarios
 from bench.contenders import Running
 from bench.perf_samples import ORDER, parse_perf_script
 from bench.plan import PLANS
-from bench.report import LABELS
+from bench.tables import LABELS
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

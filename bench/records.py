@@ -7,6 +7,11 @@ import statistics
 from typing import Any
 
 Record = dict[str, Any]
+#: Figures merged as the median of the rounds': the contender's CPU, and the harness's.
+_MEDIANS = (
+    *("cpu_s_per_mevent", "cpu_util", "kernel_share", "harness_cpu_util"),
+    *("loadgen_cpu_util", "loadgen_us_per_event", "emitter_cpu_util", "emitter_us_per_event"),
+)
 
 
 def merge_rounds(runs: list[Record]) -> Record:
@@ -18,7 +23,7 @@ def merge_rounds(runs: list[Record]) -> Record:
     merged["latency_ms"] = {
         pct: statistics.median(r["latency_ms"][pct] for r in runs) for pct in runs[0]["latency_ms"]
     } | {"count": sum(r["latency_ms"]["count"] for r in runs)}
-    for key in ("cpu_s_per_mevent", "cpu_util", "kernel_share", "harness_cpu_util"):
+    for key in _MEDIANS:
         values = [r[key] for r in runs if r.get(key) is not None]
         if values:
             merged[key] = statistics.median(values)

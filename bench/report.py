@@ -1,4 +1,5 @@
-"""The results as markdown tables (printed, and saved as latest.md) and the target check.
+"""The results as markdown tables (printed, and saved as latest.md); the targets are
+checked in bench/targets.py, from the same building blocks (bench/tables.py).
 
 Absolute times are noisy on shared machines, so each figure that matters is also given
 as a ratio to nginx and to direct measured in the same run. Added latency is a
@@ -11,45 +12,28 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from bench.contenders import ALL
-from bench.records import floor_spread_ms, user_kernel_us
+from bench.records import user_kernel_us
+from bench.tables import (
+    LABELS,
+    MIN_DENOMINATOR_MS,
+    RELAY,
+    Record,
+    added_ms,
+    find,
+    harness_core,
+    harness_own,
+    max_sustained,
+    number,
+    per_core_text,
+    rate_text,
+    ratio,
+    reference_step,
+    table,
+)
+from bench.targets import targets, targets_section
 
-Record = dict[str, Any]
-LABELS = {c.key: c.label for c in ALL}
+__all__ = ["RELAY", "Record", "markdown", "targets"]
 PCTS = ("p50", "p99", "p99.9")
-RELAY = "relay-cython"
-# Below this a ratio only divides noise by noise.
-_MIN_DENOMINATOR_MS = 0.1
-
-
-def _find(
-    records: list[Record], key: str, streams: int, rate: float | None = None
-) -> Record | None:
-    for record in records:
-        same_load = record["streams"] == streams and rate in (None, record["rate_per_stream"])
-        if record["contender"] == key and same_load:
-            return record
-    return None
-
-
-def _ratio(value: float | None, base: float | None, floor: float = 0.0) -> str:
-    """`value / base`, or n/a when either is missing or at most `floor` (noise)."""
-    if value is None or base is None or base <= floor or value <= floor:
-        return "n/a"
-    return f"x{value / base:.2f}"
-
-
-def _rate(value: float) -> str:
-    return f"{value / 1000:g}k" if value >= 1000 else f"{value:g}"
-
-
-def _table(head: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    return lines + ["| " + " | ".join(row) + " |" for row in rows]
-
-
-def added_ms(record: Record, floor: Record, pct: str) -> float:
-    return float(record["latency_ms"][pct] - floor["latency_ms"][pct])
 
 
 def latency_section(title: str, records: list[Record], floors: list[Record]) -> list[str]:
@@ -57,10 +41,10 @@ def latency_section(title: str, records: list[Record], floors: list[Record]) -> 
     rows = []
     loads = sorted({(r["streams"], r["rate_per_stream"]) for r in records})
     for streams, rate in loads:
-        floor = _find(floors, "direct", streams, rate)
-        nginx = _find(records, "nginx", streams, rate)
+        floor = find(floors, "direct", streams, rate)
+        nginx = find(records, "nginx", streams, rate)
         for key in LABELS:
-            record = _find(records, key, streams, rate)
+            record = find(records, key, streams, rate)
             if record is None or floor is None:
                 continue
             p = record["latency_ms"]
@@ -70,8 +54,8 @@ def latency_section(title: str, records: list[Record], floors: list[Record]) -> 
                 added = [added_ms(record, floor, pct) for pct in PCTS]
                 nginx_added = added_ms(nginx, floor, "p99") if nginx else None
                 cells = [f"{a:+.2f}" for a in added] + [
-                    _ratio(added[1], nginx_added, _MIN_DENOMINATOR_MS),
-                    _ratio(p["p99"], floor["latency_ms"]["p99"]),
+                    ratio(added[1], nginx_added, MIN_DENOMINATOR_MS),
+                    ratio(p["p99"], floor["latency_ms"]["p99"]),
                 ]
             harness = record.get("harness_cpu_util")
             rows.append(
@@ -99,7 +83,7 @@ def latency_section(title: str, records: list[Record], floors: list[Record]) -> 
         "harness core",
     ]
     intro = f"### {title}: latency added over direct{_rounds_note(records)}"
-    return [intro, "", *_table(head, rows), ""]
+    return [intro, "", *table(head, rows), ""] if rows else []
 
 
 def _p99_range(record: Record) -> str:
@@ -124,7 +108,7 @@ def cost_section(records: list[Record], keys: tuple[str, ...]) -> list[str]:
     head = ["contender"]
     for streams in stream_counts:
         first = reference_step(records, "direct", streams) or records[0]
-        head += [f"CPU s/M ev, {streams}x{_rate(first['rate_per_stream'])}/s", "xnginx"]
+        head += [f"CPU s/M ev, {streams}x{rate_text(first['rate_per_stream'])}/s", "xnginx"]
     head.append(f"events/CPU-s, {stream_counts[-1]} streams")
     rows = []
     for key in keys:
@@ -135,14 +119,14 @@ def cost_section(records: list[Record], keys: tuple[str, ...]) -> list[str]:
             ours = reference_step(records, key, streams)
             nginx = reference_step(records, "nginx", streams)
             cpu = ours.get("cpu_s_per_mevent") if ours else None
-            row += [_number(cpu), _ratio(cpu, nginx.get("cpu_s_per_mevent") if nginx else None)]
-        row.append(_per_core_text(reference_step(records, key, stream_counts[-1])))
+            row += [number(cpu), ratio(cpu, nginx.get("cpu_s_per_mevent") if nginx else None)]
+        row.append(per_core_text(reference_step(records, key, stream_counts[-1])))
         rows.append(row)
     intro = (
         "### Cost per event (HTTP/1.1, paced: every event its own upstream write)"
         + _rounds_note(records)
     )
-    return [intro, "", *_table(head, rows), ""]
+    return [intro, "", *table(head, rows), ""]
 
 
 def split_section(records: list[Record], keys: tuple[str, ...]) -> list[str]:
@@ -165,8 +149,8 @@ def split_section(records: list[Record], keys: tuple[str, ...]) -> list[str]:
                 f"{user:.1f}",
                 f"{kernel:.1f}",
                 f"{user + kernel:.1f}",
-                _ratio(naive_us, user + kernel),
-                _ratio(naive_us, kernel),
+                ratio(naive_us, user + kernel),
+                ratio(naive_us, kernel),
             ]
         )
     head = [
@@ -177,12 +161,12 @@ def split_section(records: list[Record], keys: tuple[str, ...]) -> list[str]:
         "throughput xnaive",
         "xnaive if user time were 0",
     ]
-    rate = _rate(naive["offered_rate"]) if naive else "?"
+    rate = rate_text(naive["offered_rate"]) if naive else "?"
     intro = (
         f"### Where the CPU goes, {streams} streams at {rate}/s (user/kernel split from "
         "/proc ticks; the kernel part includes loopback TCP delivery)"
     )
-    return [intro, "", *_table(head, rows), ""] if rows else []
+    return [intro, "", *table(head, rows), ""] if rows else []
 
 
 def ladder_section(records: list[Record], keys: tuple[str, ...]) -> list[str]:
@@ -203,14 +187,14 @@ def ladder_section(records: list[Record], keys: tuple[str, ...]) -> list[str]:
                 [
                     str(streams),
                     LABELS[key],
-                    f"{'≥' if capped else ''}{_rate(value)}" if value else "none",
-                    _ratio(value, nginx["offered_rate"] if nginx else None),
-                    _ratio(value, direct["offered_rate"] if direct else None),
+                    f"{'≥' if capped else ''}{rate_text(value)}" if value else "none",
+                    ratio(value, nginx["offered_rate"] if nginx else None),
+                    ratio(value, direct["offered_rate"] if direct else None),
                     f"{best['latency_ms']['p50']:.2f} / {best['latency_ms']['p99']:.2f}"
                     if best
                     else "-",
                     f"{best['cpu_util']:.0%}" if best and "cpu_util" in best else "-",
-                    _per_core_text(best) if key != "direct" else "-",
+                    per_core_text(best) if key != "direct" else "-",
                 ]
             )
     head = [
@@ -227,36 +211,58 @@ def ladder_section(records: list[Record], keys: tuple[str, ...]) -> list[str]:
         "### Highest paced aggregate rate sustained (collapse: p99 > 50 ms or < 95% "
         "delivered; ≥: the ladder's top, where the harness core saturates)"
     )
-    return [intro, "", *_table(head, rows), ""] if rows else []
+    return [intro, "", *table(head, rows), ""] if rows else []
 
 
-def reference_step(records: list[Record], key: str, streams: int) -> Record | None:
-    """The contender's run at the lowest rate tried with `streams` streams."""
-    steps = [r for r in records if r["contender"] == key and r["streams"] == streams]
-    return min(steps, key=lambda r: r["offered_rate"]) if steps else None
-
-
-def max_sustained(records: list[Record], key: str, streams: int) -> tuple[Record | None, bool]:
-    """The highest step that did not collapse, and whether the ladder ran out above it."""
-    steps = [r for r in records if r["contender"] == key and r["streams"] == streams]
-    good = [r for r in steps if not r["collapsed"]]
-    best = max(good, key=lambda r: r["offered_rate"]) if good else None
-    return best, bool(good) and len(good) == len(steps)
-
-
-def per_core(record: Record | None) -> float | None:
-    """Events per CPU-second: what one fully busy core would relay at this cost."""
-    cpu = record.get("cpu_s_per_mevent") if record else None
-    return 1e6 / cpu if cpu else None
-
-
-def _per_core_text(record: Record | None) -> str:
-    value = per_core(record)
-    return f"{value / 1000:.1f}k" if value else "-"
-
-
-def _number(value: float | None) -> str:
-    return f"{value:.1f}" if value is not None else "-"
+def h2_cost_section(records: list[Record]) -> list[str]:
+    """CPU per event with HTTP/2 towards the client, against nginx's `http2` listener,
+    beside what the load generator itself spent per event."""
+    rows = []
+    for streams, rate in sorted({(r["streams"], r["rate_per_stream"]) for r in records}):
+        nginx = find(records, "nginx", streams, rate)
+        nginx_cpu = nginx.get("cpu_s_per_mevent") if nginx else None
+        nginx_user = (user_kernel_us(nginx) or (None, None))[0]
+        for key in LABELS:
+            record = find(records, key, streams, rate)
+            if record is None:
+                continue
+            cpu = record.get("cpu_s_per_mevent")
+            user, kernel = user_kernel_us(record) or (None, None)
+            rows.append(
+                [
+                    f"{streams} x {rate:g}/s",
+                    LABELS[key],
+                    number(cpu),
+                    ratio(cpu, nginx_cpu),
+                    number(user),
+                    ratio(user, nginx_user),
+                    number(kernel),
+                    f"{record['latency_ms']['p50']:.2f} / {record['latency_ms']['p99']:.2f}",
+                    f"{record['delivered_ratio']:.1%}",
+                    number(record.get("loadgen_us_per_event")),
+                    harness_own(record),
+                    harness_core(record),
+                ]
+            )
+    head = [
+        "streams x events/s",
+        "contender",
+        "CPU µs/event",
+        "xnginx",
+        "user µs/event",
+        "xnginx",
+        "kernel µs/event",
+        "p50 / p99 ms",
+        "delivered",
+        "load gen µs/event",
+        "load gen + emitter",
+        "harness core",
+    ]
+    intro = (
+        "### HTTP/2 towards the client: CPU per event (h2c, 100 streams per connection; "
+        "the load generator parses frames itself, bench/client_h2c.py)"
+    )
+    return [intro, "", *table(head, rows), ""]
 
 
 def idle_section(records: list[Record]) -> list[str]:
@@ -274,9 +280,9 @@ def idle_section(records: list[Record]) -> list[str]:
                 f"{late['p50']:.2f} / {late['p99']:.2f}" if late["count"] else "-",
                 f"{r['latency_ms']['p99']:.2f}",
                 f"{per_stream:.1f}" if per_stream is not None else "-",
-                _ratio(per_stream, nginx.get("rss_kib_per_stream") if nginx else None),
+                ratio(per_stream, nginx.get("rss_kib_per_stream") if nginx else None),
                 f"{cpu:.1%}" if cpu is not None else "-",
-                _ratio(cpu, nginx.get("cpu_util") if nginx else None),
+                ratio(cpu, nginx.get("cpu_util") if nginx else None),
                 f"{late['count'] / r['measure_s']:.0f}",
             ]
         )
@@ -299,7 +305,7 @@ def idle_section(records: list[Record]) -> list[str]:
         "limit here. Direct is HTTP/1.1. Keepalive lateness: arrival minus (previous event's "
         "send stamp, or previous keepalive's arrival, + 1 s)"
     )
-    return [intro, "", *_table(head, rows), ""]
+    return [intro, "", *table(head, rows), ""]
 
 
 def scanner_section(records: list[Record]) -> list[str]:
@@ -311,91 +317,10 @@ def scanner_section(records: list[Record]) -> list[str]:
         slow = next(
             r["mb_per_s"] for r in records if r["chunks"] == label and r["scanner"] == "python"
         )
-        rows.append(
-            [label, f"{fast:.0f}" if fast else "missing", f"{slow:.0f}", _ratio(fast, slow)]
-        )
+        rows.append([label, f"{fast:.0f}" if fast else "missing", f"{slow:.0f}", ratio(fast, slow)])
     size = records[0]["stream_bytes"] / 1e6 if records else 0
     intro = f"### Scanner alone: a {size:.1f} MB thinking-heavy stream, MB/s (best of 3)"
-    return [intro, "", *_table(["chunks", "Cython", "pure Python", "Cython xPython"], rows), ""]
-
-
-def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """The issue's targets, measured by this run: met, missed, or not measured."""
-    found: list[dict[str, Any]] = []
-
-    def check(name: str, measured: str, met: bool | None) -> None:
-        found.append({"target": name, "measured": measured, "met": met})
-
-    latency = results.get("latency", [])
-    if latency:
-        streams, rate = max((r["streams"], r["rate_per_stream"]) for r in latency)
-        relay, nginx, floor = (_find(latency, k, streams, rate) for k in (RELAY, "nginx", "direct"))
-        if relay and nginx and floor:
-            ours, theirs = added_ms(relay, floor, "p99"), added_ms(nginx, floor, "p99")
-            noise = floor_spread_ms(floor, "p99")
-            measured = f"{ours:+.2f} ms vs nginx {theirs:+.2f} ms at {rate:g} events/s each"
-            if floor.get("rounds"):
-                measured += f" (direct's own p99 moved {noise:.2f} ms between rounds)"
-            check(
-                f"added p99 at {streams} streams ≤ 1.5x nginx's",
-                measured,
-                ours <= 1.5 * max(theirs, noise, _MIN_DENOMINATOR_MS),
-            )
-    cost = results.get("cost", [])
-    if cost:
-        streams = max(r["streams"] for r in cost)
-        relay_step = reference_step(cost, RELAY, streams)
-        for other, factor in (("nginx", 0.7), ("naive", 5.0)):
-            other_step = reference_step(cost, other, streams)
-            mine, their = per_core(relay_step), per_core(other_step)
-            name = f"throughput per core ≥ {factor:g}x {LABELS[other]}"
-            if not (relay_step and mine and their):
-                check(name, "not measured", None)
-                continue
-            measured = (
-                f"{mine / 1000:.1f}k vs {their / 1000:.1f}k events/CPU-s (x{mine / their:.2f}) "
-                f"at {_rate(relay_step['offered_rate'])}/s over {streams} streams"
-            )
-            split = user_kernel_us(relay_step)
-            if mine < factor * their and split:
-                # The best the relay could do if its own code took no time at all.
-                ceiling = 1e6 / their / split[1]
-                if ceiling < factor:
-                    measured += (
-                        f"; out of reach: its kernel time alone ({split[1]:.1f} µs/event) "
-                        f"caps it at x{ceiling:.2f}"
-                    )
-            check(name, measured, mine >= factor * their)
-    relay_idle = next((r for r in results.get("idle", []) if r["contender"] == RELAY), None)
-    if relay_idle:
-        streams = relay_idle["streams"]
-        late = relay_idle["keepalive_lateness_ms"]["p99"]
-        check(
-            f"{streams} idle streams: keepalives ≤ 10% late at p99",
-            f"{late:.1f} ms late",
-            late <= 100.0,
-        )
-        growth = relay_idle.get("rss_kib_per_stream")
-        check(
-            f"{streams} idle streams: RSS ≤ 25 KiB per stream",
-            f"{growth:.1f} KiB" if growth is not None else "not measured",
-            growth is not None and growth <= 25,
-        )
-    scanner = {(r["scanner"], r["chunk_bytes"]): r["mb_per_s"] for r in results.get("scanner", [])}
-    fast, slow = scanner.get(("cython", 100)), scanner.get(("python", 100))
-    if slow:
-        check(
-            "Cython scanner ≥ 10x pure Python, 100 B chunks",
-            f"x{fast / slow:.1f}" if fast else "extension missing",
-            bool(fast) and fast >= 10 * slow,
-        )
-    return found
-
-
-def targets_section(found: list[dict[str, Any]]) -> list[str]:
-    verdict = {True: "met", False: "**missed**", None: "not measured"}
-    rows = [[t["target"], t["measured"], verdict[t["met"]]] for t in found]
-    return ["### Targets", "", *_table(["target", "this run", ""], rows), ""]
+    return [intro, "", *table(["chunks", "Cython", "pure Python", "Cython xPython"], rows), ""]
 
 
 def header(results: dict[str, Any]) -> list[str]:
@@ -410,7 +335,8 @@ def header(results: dict[str, Any]) -> list[str]:
         f"Pinning: {meta['pinning']}",
         "Upstream: bench/emitter.py, pre-rendered Messages-API frames, each event its own "
         "write, stamped with its send time (one monotonic clock). Client: bench/loadgen.py, "
-        "raw HTTP/1.1 sockets, h2c (h2) or HTTP/3 (aioquic). Both in their own processes.",
+        "raw HTTP/1.1 sockets, h2c (its own framing, bench/client_h2c.py) or HTTP/3 (aioquic). "
+        "Both in their own processes. The emitter also serves TLS, HTTP/2 or HTTP/1.1 by ALPN.",
         "Added latency: a contender's percentile minus direct's at the same load (negative: "
         "within the VM's scheduling jitter). CPU: the contender's own scheduler runtime in "
         "the window; events/CPU-s is throughput per core.",
@@ -436,7 +362,7 @@ def markdown(results: dict[str, Any], extra: Sequence[str] = ()) -> str:
     if by_proto["h2c"]:
         title = "HTTP/2 (h2c, 100 streams per connection) towards the contender"
         lines += latency_section(title, by_proto["h2c"], results.get("latency", []))
-        lines += ["1000 h2c streams are not run: the Python h2 client saturates its core.", ""]
+        lines += h2_cost_section(by_proto["h2c"])
     if by_proto["h3"]:
         title = "HTTP/3 towards the relay (aioquic client; nginx 1.22 has no HTTP/3)"
         lines += latency_section(title, by_proto["h3"], results.get("latency", []))

@@ -8,7 +8,7 @@ from typing import Any
 
 from bench.contenders import LABELS_RESUME
 from bench.records import user_kernel_us
-from bench.report import _rate, _ratio, _table
+from bench.tables import rate_text, ratio, table
 
 Record = dict[str, Any]
 #: Issue #13: resumability, journal in memory, costs at most this much CPU per event.
@@ -61,13 +61,13 @@ def cpu_section(cpu: list[Record]) -> list[str]:
                 LABELS_RESUME[journal],
                 f"{record['resumable_streams']} of {record['streams']}",
                 _us(ours),
-                _ratio(ours, plain_us),
+                ratio(ours, plain_us),
                 _us(split[0] if split else None),
-                _ratio(split[0] if split else None, plain_user),
+                ratio(split[0] if split else None, plain_user),
                 _us(split[1] if split else None),
                 _us(redis_us),
                 _us(both),
-                _ratio(both, plain_us),
+                ratio(both, plain_us),
                 _cpu_range(record),
                 f"{record['latency_ms']['p99']:.2f}",
                 f"{record['delivered_ratio']:.1%}",
@@ -94,11 +94,11 @@ def cpu_section(cpu: list[Record]) -> list[str]:
     rounds = len(first.get("rounds", ())) or 1
     intro = (
         f"### Cost of resumable streams: CPU, {first['streams']} streams x "
-        f"{first['rate_per_stream']:g} events/s ({_rate(first['offered_rate'])}/s, HTTP/1.1), "
+        f"{first['rate_per_stream']:g} events/s ({rate_text(first['offered_rate'])}/s, HTTP/1.1), "
         f"median of {rounds} round{'s' if rounds > 1 else ''} (the three in turn). Journals "
         f"kept {first['retain_s']:g} s after their stream; Redis runs on the harness core"
     )
-    return [intro, "", *_table(head, rows), ""]
+    return [intro, "", *table(head, rows), ""]
 
 
 def memory_section(memory: list[Record]) -> list[str]:
@@ -116,7 +116,7 @@ def memory_section(memory: list[Record]) -> list[str]:
                 f"{record['received_kib_per_stream']:.1f}",
                 f"{record['journal_kib_per_stream']:.1f}",
                 f"{rss:.1f}",
-                _ratio(rss, plain_rss),
+                ratio(rss, plain_rss),
                 f"{rss - plain_rss:+.1f}" if plain_rss is not None and journal != "off" else "-",
                 _us(redis_rss),
                 _us(record.get("redis_used_kib_per_stream")),
@@ -146,7 +146,7 @@ def memory_section(memory: list[Record]) -> list[str]:
         "fresh (RSS growth over its warmed-up baseline at the window's end, per stream; "
         "journal: the relay's sse_relay_journal_bytes, per stream)"
     )
-    return [intro, "", *_table(head, rows), ""]
+    return [intro, "", *table(head, rows), ""]
 
 
 def section(results: dict[str, Any]) -> list[str]:
@@ -173,7 +173,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     ratio = ours / plain
     measured = (
         f"{ours:.1f} vs {plain:.1f} µs/event (x{ratio:.2f}) at "
-        f"{_rate(by['off']['offered_rate'])}/s over {by['off']['streams']} streams"
+        f"{rate_text(by['off']['offered_rate'])}/s over {by['off']['streams']} streams"
     )
     rounds = per_round_ratios(cpu, "memory")
     if len(rounds) > 1:

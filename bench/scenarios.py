@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import contenders
+from bench.certs import run_certificates
 from bench.plan import COLLAPSE_DELIVERED, COLLAPSE_P99_MS, Plan
 from bench.proc_stats import rss_kib
 from bench.procs import HARNESS_CPUS, ServerProcess, run_json_line
@@ -25,6 +26,9 @@ from bench.records import merge_rounds
 Record = dict[str, Any]
 Progress = Callable[[str], None]
 _EMITTER_READY = re.compile(rb"listening on http://")
+_EMITTER_TLS = re.compile(rb"tls=(https://\S+)")
+# The running emitter: its CPU is sampled with each run's (harness cost, per event).
+_EMITTER_PIDS: list[int] = []
 # The relay's default keepalive interval: no keepalive fires while events flow.
 STREAMING_KEEPALIVE = 15.0
 IDLE_KEEPALIVE = 1.0
@@ -40,13 +44,26 @@ def collapsed(result: Record) -> bool:
 
 
 def start_emitter(workdir: Path) -> tuple[ServerProcess, str]:
+    """The emitter, cleartext (the URL returned) and TLS (`tls_upstream`), pinned."""
+    certs = run_certificates(workdir)
     emitter = ServerProcess(
-        [sys.executable, "-m", "bench.emitter"],
+        [
+            *(sys.executable, "-m", "bench.emitter"),
+            *("--tls-cert", str(certs.cert), "--tls-key", str(certs.key)),
+        ],
         workdir / "emitter.log",
         cpus=HARNESS_CPUS,
         ready=_EMITTER_READY,
     )
+    _EMITTER_PIDS[:] = [emitter.pid]
     return emitter, emitter.ready_line.decode().split()[-1]
+
+
+def tls_upstream(emitter: ServerProcess) -> str:
+    """The emitter's TLS URL (HTTP/2 or HTTP/1.1 by ALPN)."""
+    match = _EMITTER_TLS.search(emitter.ready_line)
+    assert match is not None, emitter.ready_line
+    return match.group(1).decode()
 
 
 @contextmanager
@@ -74,11 +91,13 @@ def load(
     proto: str = "h1",
     keepalive: float = STREAMING_KEEPALIVE,
     idle: bool = False,
+    ramp: float | None = None,
 ) -> Record:
-    """One load-generator run against `target`; returns its result."""
+    """One load-generator run against `target`; returns its result. `ramp` (default:
+    the plan's for `streams`) is how long streams take to open before the window."""
     url = {"h1": target.url, "h2c": target.h2c_url, "h3": target.h3_url}[proto]
     assert url is not None
-    ramp = plan.ramp(streams)
+    ramp = plan.ramp(streams) if ramp is None else ramp
     args = [
         sys.executable, "-m", "bench.loadgen",
         "--url", url, "--proto", proto,
@@ -96,6 +115,8 @@ def load(
         args += ["--header", header]
     if target.side_pids:
         args += ["--side", *map(str, target.side_pids)]
+    if _EMITTER_PIDS:
+        args += ["--harness", *map(str, _EMITTER_PIDS)]
     timeout = ramp + measure + plan.grace + 60
     result: Record = json.loads(run_json_line(args, cpus=HARNESS_CPUS, timeout=timeout))
     result.pop("spec")
@@ -176,27 +197,34 @@ def _ladder_step(
 def other_protocols(
     plan: Plan, running: dict[str, contenders.Running], say: Progress
 ) -> list[Record]:
-    """Scenario 5: scenario 2's load over h2c and over HTTP/3, where contenders speak it.
+    """Scenario 5: scenario 2's loads over h2c and over HTTP/3, where contenders speak it;
+    h2c loads with several rounds take turns within each, as scenario 2's do.
 
     (The CPU per event of these runs is scenario 1's figure for the protocol.)
     """
     records = []
-    for proto, stream_counts in (("h2c", plan.h2_streams), ("h3", plan.h3_streams)):
-        for streams in stream_counts:
-            for key in plan.contenders:
-                target = running[key]
-                if (target.h2c_url if proto == "h2c" else target.h3_url) is None:
-                    continue
-                record = load(
-                    target,
-                    streams=streams,
-                    rate=plan.latency_rate,
-                    plan=plan,
-                    measure=plan.latency_window(streams, plan.latency_rate),
-                    proto=proto,
-                )
-                say(_line(proto, record))
-                records.append(record)
+    h3_loads = tuple((streams, plan.latency_rate, 1) for streams in plan.h3_streams)
+    for proto, loads in (("h2c", plan.h2_loads), ("h3", h3_loads)):
+        for streams, rate, rounds in loads:
+            keys = [
+                key
+                for key in plan.contenders
+                if (running[key].h2c_url if proto == "h2c" else running[key].h3_url)
+            ]
+            runs: dict[str, list[Record]] = {key: [] for key in keys}
+            for _ in range(rounds):
+                for key in keys:
+                    record = load(
+                        running[key],
+                        streams=streams,
+                        rate=rate,
+                        plan=plan,
+                        measure=plan.latency_window(streams, rate),
+                        proto=proto,
+                    )
+                    say(_line(proto, record))
+                    runs[key].append(record)
+            records += [merge_rounds(each) for each in runs.values()]
     return records
 
 
@@ -237,6 +265,7 @@ def idle(plan: Plan, upstream: str, workdir: Path, say: Progress) -> list[Record
 
 def _line(scenario: str, r: Record) -> str:
     cpu = f" cpu {r['cpu_util']:.0%}" if "cpu_util" in r else ""
+    cpu += f" harness {r['harness_cpu_util']:.0%}" if "harness_cpu_util" in r else ""
     flag = "  COLLAPSED" if r.get("collapsed") else ""
     flag += " (2nd try)" if r.get("attempts") == 2 else ""
     errors = f" errors {r['error_count']}: {r['errors'][:1]}" if r["error_count"] else ""

@@ -6,27 +6,36 @@ No timings are asserted; `make bench` measures, this only checks the measuring t
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
 import socket
+import ssl
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import h2.config
+import h2.connection
+import h2.events
 import h11
 import pytest
 from anthropic._streaming import SSEDecoder
 
 from bench import frames
+from bench.certs import Certificates, run_certificates
+from bench.client_h2c import LeanH2cConnection
 from bench.collector import RunTally, StreamTally
 from bench.perf_samples import parse_perf_script
 from bench.proc_stats import cores_busy_seconds, user_system_seconds
 from bench.records import floor_spread_ms, merge_rounds, user_kernel_us
 from bench.report import RELAY, Record, targets
 from bench.stats import percentile, summarize_ns
+from bench.tls_report import targets as tls_targets
 from tests.relayproc import REPO
 
 
@@ -104,6 +113,103 @@ def test_emitter_speaks_the_messages_stream(emitter_port: int) -> None:
         assert json.loads(event.data)["type"] == event.event
     stamps = [json.loads(e.data)["t"] for e in deltas]
     assert stamps == sorted(stamps) and stamps[-1] < until
+
+
+@pytest.fixture(scope="module")
+def tls_emitter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Certificates]]:
+    """The emitter with its TLS listener (HTTP/2 or HTTP/1.1 by ALPN): its TLS port."""
+    certs = run_certificates(tmp_path_factory.mktemp("certs"))
+    args = ["--tls-cert", str(certs.cert), "--tls-key", str(certs.key)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.emitter", *args], stdout=subprocess.PIPE, cwd=REPO
+    )
+    assert proc.stdout is not None
+    match = re.search(rb"tls=https://[^:]+:(\d+)", proc.stdout.readline())
+    assert match, "emitter printed no TLS URL"
+    yield int(match.group(1)), certs
+    proc.terminate()
+    proc.wait(10)
+
+
+def _tls(ca: Path, alpn: str, port: int) -> ssl.SSLSocket:
+    context = ssl.create_default_context(cafile=str(ca))
+    context.set_alpn_protocols([alpn])
+    sock = context.wrap_socket(
+        socket.create_connection(("127.0.0.1", port), timeout=5), server_hostname="localhost"
+    )
+    assert sock.selected_alpn_protocol() == alpn
+    return sock
+
+
+def _fetch_h2(ca: Path, port: int, query: str) -> bytes:
+    """One POST over TLS and HTTP/2, read with the `h2` package (a strict peer)."""
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(header_encoding=None))
+    conn.initiate_connection()
+    path = f"/v1/messages?{query}".encode()
+    head = [(b":method", b"POST"), (b":path", path), (b":scheme", b"https")]
+    conn.send_headers(1, [*head, (b":authority", b"localhost")])
+    conn.send_data(1, b'{"stream": true}', end_stream=True)
+    data = bytearray()
+    with _tls(ca, "h2", port) as sock:
+        sock.sendall(conn.data_to_send())
+        while True:
+            for event in conn.receive_data(sock.recv(65536)):
+                if isinstance(event, h2.events.DataReceived):
+                    data += event.data
+                    conn.acknowledge_received_data(event.flow_controlled_length, 1)
+                elif isinstance(event, h2.events.ResponseReceived):
+                    assert dict(event.headers)[b":status"] == b"200"
+                elif isinstance(event, h2.events.StreamEnded):
+                    return bytes(data)
+            sock.sendall(conn.data_to_send())
+
+
+def _assert_messages_stream(body: bytes, until: int) -> None:
+    events = list(SSEDecoder().iter_bytes(iter([body])))
+    names = [e.event for e in events]
+    assert names[:2] == ["message_start", "content_block_start"]
+    assert names[-3:] == ["content_block_stop", "message_delta", "message_stop"]
+    assert len(names) > 5
+    stamps = [json.loads(e.data)["t"] for e in events[2:-3]]
+    assert stamps == sorted(stamps) and stamps[-1] < until
+
+
+def test_tls_emitter_speaks_http2_by_alpn(tls_emitter: tuple[int, Certificates]) -> None:
+    port, certs = tls_emitter
+    until = time.monotonic_ns() + 300_000_000
+    _assert_messages_stream(_fetch_h2(certs.ca, port, f"rate=100&until={until}"), until)
+
+
+def test_lean_h2_client_reads_every_stream_of_the_h2_emitter(
+    tls_emitter: tuple[int, Certificates],
+) -> None:
+    port, certs = tls_emitter
+    context = ssl.create_default_context(cafile=str(certs.ca))
+    context.set_alpn_protocols(["h2"])
+
+    async def streams() -> tuple[RunTally, list[str | None], int]:
+        loop = asyncio.get_running_loop()
+        now = time.monotonic_ns()
+        tally = RunTally(0, now + 10**10, 10**9)
+        outcomes: list[str | None] = []
+        _, client = await loop.create_connection(
+            LeanH2cConnection, "127.0.0.1", port, ssl=context, server_hostname="localhost"
+        )
+        assert isinstance(client, LeanH2cConnection)
+        await asyncio.wait_for(client.ready, 5)
+        path = f"/v1/messages?rate=200&until={now + 300_000_000}".encode()
+        for _ in range(5):
+            client.open(path, b"localhost", b"{}", StreamTally(tally, now), outcomes.append)
+        client.flush()
+        while len(outcomes) < 5:
+            await asyncio.sleep(0.02)
+        client.close()
+        return tally, outcomes, len(client.first_byte_ns)
+
+    tally, outcomes, responses = asyncio.run(asyncio.wait_for(streams(), 10))
+    assert outcomes == [None] * 5 and responses == 5
+    # About 60 events per stream in 0.3 s at 200/s, every one timed.
+    assert 5 * 40 <= len(tally.latencies) <= 5 * 70
 
 
 def _run(p99: float, cpu: float = 20.0) -> dict[str, Any]:
@@ -304,3 +410,42 @@ def test_scanner_target_is_ten_times_pure_python_at_100_byte_chunks() -> None:
     ]
     assert verdict(_scanner("python", 100.0)) == [(False, "extension missing")]
     assert verdict(_scanner("cython", 1000.0)) == []  # no pure-Python figure: no target
+
+
+def _tls_cost(contender: str, cpu: float, streams: int = 1000) -> Record:
+    return {"contender": contender, "streams": streams, "rate_per_stream": 10.0} | {
+        "offered_rate": streams * 10.0,
+        "cpu_s_per_mevent": cpu,
+    }
+
+
+def _tls_verdicts(results: dict[str, Any]) -> dict[str, tuple[bool | None, str]]:
+    return {t["target"]: (t["met"], t["measured"]) for t in tls_targets(results)}
+
+
+def test_tls_target_is_auto_within_a_fifth_of_nginx_at_the_most_streams() -> None:
+    name = "TLS upstream, the default auto path: CPU per event ≤ 1.2x nginx's TLS proxy"
+    light = [_tls_cost("relay-tls-auto", 90.0, streams=100), _tls_cost("nginx-tls", 10.0, 100)]
+    met = _tls_verdicts(
+        {"tls": [*light, _tls_cost("relay-tls-auto", 24.0), _tls_cost("nginx-tls", 20.0)]}
+    )
+    assert met[name][0] is True and "(x1.20)" in met[name][1]
+    missed = _tls_verdicts(
+        {"tls": [_tls_cost("relay-tls-auto", 24.2), _tls_cost("nginx-tls", 20.0)]}
+    )
+    assert missed[name][0] is False
+    assert _tls_verdicts({"tls": [_tls_cost("nginx-tls", 20.0)]})[name] == (None, "not measured")
+
+
+def test_h2_targets_are_judged_from_100_streams_up() -> None:
+    def h2c(contender: str, streams: int, cpu: float) -> Record:
+        return _tls_cost(contender, cpu, streams) | {"proto": "h2c", "harness_cpu_util": 0.5}
+
+    records = [h2c(RELAY, 1, 90.0), h2c("nginx", 1, 10.0)]
+    records += [h2c(RELAY, 100, 15.0), h2c("nginx", 100, 10.0)]
+    records += [h2c(RELAY, 1000, 15.1), h2c("nginx", 1000, 10.0)]
+    verdicts = {k: v[0] for k, v in _verdicts({"h2-h3": records}).items()}
+    assert verdicts == {
+        "HTTP/2 towards clients, 100 streams: CPU per event ≤ 1.5x nginx's": True,
+        "HTTP/2 towards clients, 1000 streams: CPU per event ≤ 1.5x nginx's": False,
+    }
