@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from relay.core.errors import error_frame, render_error_body
@@ -169,17 +169,9 @@ OPENAI_CHAT = Provider(
     keepalive=b": keepalive\n\n",
     discard_partial=b"\n",
 )
-OPENAI_COMPLETIONS = Provider(
-    name="openai-completions",
-    path_suffixes=("/completions",),
-    ending_name="data: [DONE]",
-    ends=DONE | DATA_ERROR,
-    started_by=0,
-    watch=DONE | DATA_ERROR,
-    render_body=_openai_body,
-    render_frame=_openai_frame,
-    keepalive=b": keepalive\n\n",
-    discard_partial=b"\n",
+# The legacy completions stream: the same wire format as chat's.
+OPENAI_COMPLETIONS = replace(
+    OPENAI_CHAT, name="openai-completions", path_suffixes=("/completions",)
 )
 OPENAI_RESPONSES = Provider(
     name="openai-responses",
