@@ -74,6 +74,7 @@ class RedisServer:
 
     def stop(self) -> None:
         if self.proc is not None:
+            self.proc.send_signal(signal.SIGCONT)  # a frozen one takes no SIGTERM
             self.proc.terminate()
             self.proc.wait(10)
             self.proc = None

@@ -73,7 +73,8 @@ def test_a_flush_that_failed_is_sent_whole_when_redis_is_back() -> None:
         server.freeze()
         mirror.body(b"data: 2\n\n")
         await writer.flush()  # times out: the batch waits (Redis may still run it later)
-        assert metrics.value("sse_relay_journal_errors_total", op="write") == 1
+        # (The writer's own loop may have failed a flush of its own meanwhile.)
+        assert metrics.value("sse_relay_journal_errors_total", op="write") >= 1
         server.thaw()
         mirror.body(b"data: 3\n\n")
         mirror.end(Ending.END)

@@ -229,6 +229,10 @@ class JournalWriter:
         self._next_tick = 0.0
         self._down = False
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        # One flush at a time: entries go out in order, and a flush that failed hands
+        # its batch to the next one whole.
+        self._flushing = asyncio.Lock()
 
     def add(self, mirror: StreamMirror) -> None:
         self._live.add(mirror)
@@ -252,7 +256,7 @@ class JournalWriter:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        while True:
+        while not self._closing:
             if self._live or self._queued or self._unsent:
                 try:
                     async with asyncio.timeout(FLUSH_SECONDS):
@@ -267,6 +271,10 @@ class JournalWriter:
     async def flush(self, now: float = math.inf) -> None:
         """Send what waits; every second also renew liveness and read requests from
         other instances. `now=inf` (the final flush) sends without the tick."""
+        async with self._flushing:
+            await self._flush(now)
+
+    async def _flush(self, now: float) -> None:
         batch = [*self._unsent]
         for mirror in self._queued:
             if mirror.build(self._max_bytes):
@@ -352,8 +360,11 @@ class JournalWriter:
         self._forget.append(mirror.key)
 
     async def close(self) -> None:
-        """The final flush (streams drained: their endings go out), then stop."""
+        """The final flush (streams drained: their endings go out), then stop. The
+        loop ends after the flush it is in: a flush cut short could lose its batch."""
         if self._task is not None:
-            self._task.cancel()
+            self._closing = True
+            self._wake.set()
+            await self._task
             self._task = None
         await self.flush()
