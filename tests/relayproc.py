@@ -185,9 +185,16 @@ class RelayProcess:
         return self._status_kib("VmRSS")
 
     def peak_rss_kib(self) -> int:
-        """The most resident memory the relay process ever had (VmHWM): unlike a
-        sample of `rss_kib`, it cannot miss a short peak."""
+        """The most resident memory the relay process had (VmHWM) since it started or
+        since `rss_baseline_kib`: unlike a sample of `rss_kib`, it cannot miss a short
+        peak."""
         return self._status_kib("VmHWM")
+
+    def rss_baseline_kib(self) -> int:
+        """`rss_kib` now, with the peak reset to it: a later `peak_rss_kib` minus this is
+        what the process grew since, not a peak it had before (clear_refs "5")."""
+        Path(f"/proc/{self.proc.pid}/clear_refs").write_text("5")
+        return self.rss_kib()
 
     def check_log(self) -> None:
         """Fails if the log, since the last check, has a traceback or an error line the

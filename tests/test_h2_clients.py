@@ -115,7 +115,7 @@ def test_a_shut_window_pauses_only_its_own_stream(sim: SimServer, relay: RelayPr
         stuck = client.stream({"bulk_bytes": 50 * 1024 * 1024})
         client.withhold.add(stuck)
         client.pump_until(lambda: len(client.data[stuck]) >= window - 1024)
-        baseline = relay.rss_kib()
+        baseline = relay.rss_baseline_kib()
         others = [client.stream({"gaps": [[2, 0.2]]}) for _ in range(20)]
         # A heavy neighbour while the client stops reading fills the relay's socket
         # buffer: the pause and resume of the whole connection must not reopen `stuck`.

@@ -331,7 +331,7 @@ def test_a_paused_stream_stalls_alone_and_memory_stays_bounded() -> None:
             stuck = client.stream({"bulk_bytes": 50 * 1024 * 1024})
             client.withhold.add(stuck)
             client.pump_until(lambda: len(client.data[stuck]) >= 60_000)
-            baseline = relay.rss_kib()
+            baseline = relay.rss_baseline_kib()
             others = [client.stream({"gaps": [[2, 0.2]]}) for _ in range(20)]
             client.pump_until(lambda: all(s in client.ended for s in others))
             grown = relay.peak_rss_kib() - baseline
