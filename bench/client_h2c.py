@@ -35,8 +35,7 @@ class LeanH2cConnection(asyncio.Protocol):
         self._next_id = 1
         self._rest = b""
         self._out: list[bytes] = []
-        # A header block split over CONTINUATION frames: (stream id, flags, fragments).
-        self._continued: tuple[int, int, list[bytes]] | None = None
+        self._blocks = w.HeaderBlocks()
         # Request bodies waiting for the server's connection window, in stream order.
         self._bodies: deque[tuple[int, bytes]] = deque()
         self._send_window = w.DEFAULT_WINDOW
@@ -127,17 +126,12 @@ class LeanH2cConnection(asyncio.Protocol):
     def _header_frame(
         self, kind: int, flags: int, stream_id: int, payload: bytes, now: int
     ) -> None:
-        if kind == w.HEADERS:
-            self._continued = (stream_id, flags, [w.header_block(flags, payload)])
-        elif self._continued is not None:
-            self._continued[2].append(payload)
-            flags = self._continued[1] | (flags & w.END_HEADERS)
-        if not flags & w.END_HEADERS or self._continued is None:
+        block = self._blocks.add(kind, flags, stream_id, payload)
+        if block is None:
             return
-        stream_id, first_flags, fragments = self._continued
-        self._continued = None
+        stream_id, first_flags, header_block = block
         # Decoded even when unwanted: the HPACK table must stay in step with the server's.
-        fields = dict(self._decoder.decode(b"".join(fragments), raw=True))
+        fields = dict(self._decoder.decode(header_block, raw=True))
         status = fields.get(b":status")
         if status is not None and stream_id not in self.first_byte_ns:
             self.first_byte_ns[stream_id] = now

@@ -94,7 +94,7 @@ class H2EmitterConnection(asyncio.Protocol):
         self._preface = True
         self.window = w.DEFAULT_WINDOW  # the relay's connection window, for our DATA
         self._initial_window = w.DEFAULT_WINDOW  # a new stream's, from its SETTINGS
-        self._continued: tuple[int, int, list[bytes]] | None = None
+        self._blocks = w.HeaderBlocks()
         self._targets: dict[int, bytes] = {}
         self._streams: dict[int, tuple[PacedStream, H2Sink]] = {}
 
@@ -153,16 +153,11 @@ class H2EmitterConnection(asyncio.Protocol):
         self.out.clear()
 
     def _header_frame(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
-        if kind == w.HEADERS:
-            self._continued = (stream_id, flags, [w.header_block(flags, payload)])
-        elif self._continued is not None:
-            self._continued[2].append(payload)
-            flags = self._continued[1] | (flags & w.END_HEADERS)
-        if not flags & w.END_HEADERS or self._continued is None:
+        block = self._blocks.add(kind, flags, stream_id, payload)
+        if block is None:
             return
-        stream_id, first_flags, fragments = self._continued
-        self._continued = None
-        fields = dict(self._decoder.decode(b"".join(fragments), raw=True))
+        stream_id, first_flags, header_block = block
+        fields = dict(self._decoder.decode(header_block, raw=True))
         self._targets[stream_id] = fields.get(b":path", b"/")
         if first_flags & w.END_STREAM:
             self._answer(stream_id)

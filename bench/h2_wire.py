@@ -71,3 +71,27 @@ def header_block(flags: int, payload: bytes) -> bytes:
     if flags & PRIORITY_FLAG:
         start += 5
     return payload[start:end]
+
+
+class HeaderBlocks:
+    """Joins a HEADERS frame and its CONTINUATIONs into one header block."""
+
+    __slots__ = ("_open",)
+
+    def __init__(self) -> None:
+        self._open: tuple[int, int, list[bytes]] | None = None
+
+    def add(
+        self, kind: int, flags: int, stream_id: int, payload: bytes
+    ) -> tuple[int, int, bytes] | None:
+        """(stream id, the HEADERS frame's flags, the whole block) once it is complete."""
+        if kind == HEADERS:
+            self._open = (stream_id, flags, [header_block(flags, payload)])
+        elif self._open is not None:
+            self._open[2].append(payload)
+            flags = self._open[1] | (flags & END_HEADERS)
+        if not flags & END_HEADERS or self._open is None:
+            return None
+        stream_id, first_flags, fragments = self._open
+        self._open = None
+        return stream_id, first_flags, b"".join(fragments)
