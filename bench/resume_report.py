@@ -8,24 +8,14 @@ from typing import Any
 
 from bench.contenders import LABELS_RESUME
 from bench.records import user_kernel_us
-from bench.tables import rate_text, ratio, table
+from bench.tables import Record, harness_core, number, rate_text, ratio, table
 
-Record = dict[str, Any]
 #: Issue #13: resumability, journal in memory, costs at most this much CPU per event.
 CPU_TARGET = 1.10
 
 
 def _by_journal(records: list[Record]) -> dict[str, Record]:
     return {r["journal"]: r for r in records}
-
-
-def _us(value: float | None) -> str:
-    return f"{value:.1f}" if value is not None else "-"
-
-
-def _harness(record: Record) -> str:
-    harness = record.get("harness_cpu_util")
-    return f"{harness:.0%}" if harness is not None else "-"
 
 
 def _cpu_range(record: Record) -> str:
@@ -60,18 +50,18 @@ def cpu_section(cpu: list[Record]) -> list[str]:
             [
                 LABELS_RESUME[journal],
                 f"{record['resumable_streams']} of {record['streams']}",
-                _us(ours),
+                number(ours),
                 ratio(ours, plain_us),
-                _us(split[0] if split else None),
+                number(split[0] if split else None),
                 ratio(split[0] if split else None, plain_user),
-                _us(split[1] if split else None),
-                _us(redis_us),
-                _us(both),
+                number(split[1] if split else None),
+                number(redis_us),
+                number(both),
                 ratio(both, plain_us),
                 _cpu_range(record),
                 f"{record['latency_ms']['p99']:.2f}",
                 f"{record['delivered_ratio']:.1%}",
-                _harness(record),
+                harness_core(record),
             ]
         )
     head = [
@@ -118,11 +108,11 @@ def memory_section(memory: list[Record]) -> list[str]:
                 f"{rss:.1f}",
                 ratio(rss, plain_rss),
                 f"{rss - plain_rss:+.1f}" if plain_rss is not None and journal != "off" else "-",
-                _us(redis_rss),
-                _us(record.get("redis_used_kib_per_stream")),
+                number(redis_rss),
+                number(record.get("redis_used_kib_per_stream")),
                 f"{record['latency_ms']['p99']:.2f}",
                 f"{record['delivered_ratio']:.1%}",
-                _harness(record),
+                harness_core(record),
             ]
         )
     head = [
