@@ -137,7 +137,8 @@ def test_a_shut_window_pauses_only_its_own_stream(sim: SimServer, relay: RelayPr
         assert b"event: message_stop" in client.data[stream_id]
     assert stuck not in client.ended and len(client.data[stuck]) <= window
     assert upstream_stalled >= STALLED_BYTES, upstream_stalled
-    assert grown < 16 * 1024, grown
+    # What one loop pass of upstream reads could pile up in h2 made this 4-22 MiB.
+    assert grown < 8 * 1024, grown
 
 
 def test_rst_stream_cancels_only_that_upstream_request(sim: SimServer, relay: RelayProcess) -> None:

@@ -30,20 +30,25 @@ _GRACEFUL_TRANSITIONS = {
 }
 
 
+# DATA held by `h2` unwritten, at most (see `H2Endpoint.schedule_flush`).
+FLUSH_AT = 256 * 1024
+
 #: DATA waiting for a stream's window; a chunk split by the window waits as a view.
 SendQueue = deque[bytes | memoryview]
 
 
-def send_queued(conn: H2Connection, stream_id: int, queue: SendQueue) -> None:
+def send_queued(conn: H2Connection, stream_id: int, queue: SendQueue) -> int:
     """Send DATA from `queue` as far as the stream's window allows; the rest stays.
+    Returns how many bytes went to `conn`.
 
     A chunk larger than the window is split through a memoryview, so its remainder is
     not copied again for every frame.
     """
+    sent = 0
     while queue:
         size = min(conn.local_flow_control_window(stream_id), conn.max_outbound_frame_size)
         if size <= 0:
-            return
+            break
         data = queue[0]
         if len(data) > size:
             view = memoryview(data)
@@ -51,6 +56,9 @@ def send_queued(conn: H2Connection, stream_id: int, queue: SendQueue) -> None:
             queue[0] = view[size:]
         else:
             conn.send_data(stream_id, queue.popleft())
+            size = len(data)
+        sent += size
+    return sent
 
 
 class GracefulH2Connection(H2Connection):
@@ -79,6 +87,8 @@ class H2Endpoint(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._loop = asyncio.get_running_loop()
         self._flush_scheduled = False
+        # DATA bytes handed to `conn` since the last flush.
+        self._unflushed = 0
         #: The socket's send buffer is over its high-water mark: every stream waits.
         self.write_paused = False
 
@@ -94,14 +104,24 @@ class H2Endpoint(asyncio.Protocol):
         """Every stream re-checks whether it may send, and pauses or resumes its source."""
         raise NotImplementedError
 
-    def schedule_flush(self) -> None:
-        # Coalesce frames from many streams (and many chunks) into one write.
-        if not self._flush_scheduled:
+    def schedule_flush(self, queued: int = 0) -> None:
+        """Coalesce frames from many streams (and many chunks) into one write, after
+        this pass of the loop; `queued` DATA bytes were just handed to `conn`.
+
+        Once a write buffer's worth is waiting, it goes out now: a full socket pauses
+        the streams only when written to, and one loop pass may bring many upstream
+        reads (libuv reads a ready socket up to 32 times), all of which h2 would hold.
+        """
+        self._unflushed += queued
+        if self._unflushed >= FLUSH_AT:
+            self.flush()
+        elif not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self.flush)
 
     def flush(self) -> None:
         self._flush_scheduled = False
+        self._unflushed = 0
         data = self.conn.data_to_send()
         if data and self._transport is not None and not self._transport.is_closing():
             self._transport.write(data)

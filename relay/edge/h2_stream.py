@@ -25,7 +25,7 @@ class StreamOwner(Protocol):
 
     @property
     def alt_svc(self) -> bytes | None: ...
-    def schedule_flush(self) -> None: ...
+    def schedule_flush(self, queued: int = 0) -> None: ...
     def forget(self, stream_id: int) -> None: ...
     def reset(self, stream_id: int, code: ErrorCodes) -> None: ...
     def acknowledge(self, stream_id: int, size: int) -> None: ...
@@ -105,7 +105,7 @@ class H2ClientStream:
         conn = self._owner.conn
         pending = self._pending
         try:
-            send_queued(conn, self.id, pending)
+            sent = send_queued(conn, self.id, pending)
             if not pending and self._ended:
                 conn.end_stream(self.id)
                 self._owner.forget(self.id)
@@ -113,7 +113,7 @@ class H2ClientStream:
             pending.clear()
             self._owner.forget(self.id)
             return
-        self._owner.schedule_flush()
+        self._owner.schedule_flush(sent)
         self.update_pause()
 
     def update_pause(self) -> None:

@@ -93,11 +93,11 @@ class H2Exchange:
         if self.sink is None:
             return
         conn = self._owner.conn
-        send_queued(conn, self.id, self._pending)
+        sent = send_queued(conn, self.id, self._pending)
         if not self._pending and self._end_asked and not self.request_ended:
             self.request_ended = True
             conn.end_stream(self.id)
-        self._owner.schedule_flush()
+        self._owner.schedule_flush(sent)
         self.update_blocked()
 
     def update_blocked(self) -> None:
