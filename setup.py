@@ -1,4 +1,4 @@
-"""Builds the Cython SSE frame scanner; everything else is in pyproject.toml.
+"""Builds the Cython SSE frame scanner and body pump; the rest is in pyproject.toml.
 
 SSE_RELAY_NO_EXTENSIONS=1 at build time skips the extension (the pure-Python twin is
 used at run time then).
@@ -13,7 +13,10 @@ if os.environ.get("SSE_RELAY_NO_EXTENSIONS") != "1":
     from Cython.Build import cythonize
 
     ext_modules = cythonize(
-        [Extension("relay.sse._fastsse", ["relay/sse/_fastsse.pyx"], extra_compile_args=["-O3"])],
+        [
+            Extension(name, [name.replace(".", "/") + ".pyx"], extra_compile_args=["-O3"])
+            for name in ("relay.sse._fastsse", "relay.upstream._bodypump")
+        ],
         compiler_directives={
             "language_level": "3",
             "boundscheck": False,

@@ -1,16 +1,19 @@
-"""Response body decoders, against h11 as the oracle; then inside the upstream connection.
+"""Response body decoders, both twins (Python and the Cython pump), against h11 as the
+oracle and against each other; then inside the upstream connection.
 
 The property tests frame generated bodies (chunk sizes in either hex case, extensions,
 trailers, bytes after the end), cut them anywhere, and check that the decoder delivers
 what h11 delivers, says "complete" exactly once at the right read, and keeps what
-follows. The pool tests run an `UpstreamPool` against canned responses on 127.0.0.1.
+follows, whether it is fed bytes or read into as a `BufferedProtocol`. The pool tests
+run an `UpstreamPool` against canned responses on 127.0.0.1.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import h11
 import pytest
@@ -19,14 +22,19 @@ from hypothesis import strategies as st
 
 from relay.core.errors import RelayError, UpstreamLost
 from relay.core.exchange import Headers, RequestHead, UpstreamTarget
+from relay.upstream import _bodypump, body_decoder
+from relay.upstream._bodypump import BodyPump
 from relay.upstream.body_decoder import (
+    CHUNKED,
+    CLOSE,
+    LENGTH,
     MAX_LINE,
     BodyDecoder,
     BodyFramingError,
     ChunkedDecoder,
     CloseDelimitedDecoder,
     ContentLengthDecoder,
-    body_decoder,
+    Deliver,
 )
 from relay.upstream.pool import UpstreamPool
 
@@ -36,6 +44,29 @@ PROPERTIES = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 CHUNKED_HEAD = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+
+
+@dataclass(frozen=True)
+class Twin:
+    """One implementation's decoders, by framing."""
+
+    name: str
+    chunked: Callable[[Deliver], BodyDecoder]
+    length: Callable[[int, Deliver], BodyDecoder]
+    close: Callable[[Deliver], BodyDecoder]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+PYTHON = Twin("python", ChunkedDecoder, ContentLengthDecoder, CloseDelimitedDecoder)
+CYTHON = Twin(
+    "cython",
+    lambda deliver: BodyPump(CHUNKED, 0, deliver),
+    lambda length, deliver: BodyPump(LENGTH, length, deliver),
+    lambda deliver: BodyPump(CLOSE, 0, deliver),
+)
+TWINS = pytest.mark.parametrize("twin", [PYTHON, CYTHON], ids=str)
 
 
 # -- the oracle ---------------------------------------------------------------------------
@@ -143,16 +174,17 @@ def completing_read(reads: list[bytes], length: int) -> int:
 # -- properties ---------------------------------------------------------------------------
 
 
+@TWINS
 @PROPERTIES
 @given(body=chunked_bodies(), extra=st.binary(max_size=20), data=st.data())
 def test_chunked_matches_h11_however_cut(
-    body: tuple[bytes, bytes, list[int]], extra: bytes, data: st.DataObject
+    body: tuple[bytes, bytes, list[int]], extra: bytes, data: st.DataObject, twin: Twin
 ) -> None:
     payload, framed, ends = body
     assert h11_reads(CHUNKED_HEAD, framed + extra) == (payload, extra)
     reads = data.draw(cuts(framed + extra, ends))
     delivered: list[bytes] = []
-    decoder = ChunkedDecoder(delivered.append)
+    decoder = twin.chunked(delivered.append)
     assert feed_all(decoder, reads) == [completing_read(reads, len(framed))]
     assert b"".join(delivered) == payload
     assert all(delivered)  # never an empty piece
@@ -160,50 +192,54 @@ def test_chunked_matches_h11_however_cut(
     decoder.feed_eof()  # a complete body: EOF is no error
 
 
+@TWINS
 @PROPERTIES
 @given(payload=st.binary(min_size=1, max_size=2000), extra=st.binary(max_size=20), data=st.data())
 def test_content_length_matches_h11_however_cut(
-    payload: bytes, extra: bytes, data: st.DataObject
+    payload: bytes, extra: bytes, data: st.DataObject, twin: Twin
 ) -> None:
     head = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(payload)
     assert h11_reads(head, payload + extra) == (payload, extra)
     reads = data.draw(cuts(payload + extra, [len(payload)]))
     delivered: list[bytes] = []
-    decoder = ContentLengthDecoder(len(payload), delivered.append)
+    decoder = twin.length(len(payload), delivered.append)
     assert feed_all(decoder, reads) == [completing_read(reads, len(payload))]
     assert b"".join(delivered) == payload
     assert all(delivered)
     assert decoder.trailing == extra
 
 
+@TWINS
 @PROPERTIES
 @given(payload=st.binary(max_size=2000), data=st.data())
-def test_close_delimited_ends_only_at_eof(payload: bytes, data: st.DataObject) -> None:
+def test_close_delimited_ends_only_at_eof(payload: bytes, data: st.DataObject, twin: Twin) -> None:
     head = b"HTTP/1.1 200 OK\r\n\r\n"
     assert h11_reads(head, payload, eof=True) == (payload, b"")
     delivered: list[bytes] = []
-    decoder = CloseDelimitedDecoder(delivered.append)
+    decoder = twin.close(delivered.append)
     assert feed_all(decoder, data.draw(cuts(payload, []))) == []
     decoder.feed_eof()
     assert b"".join(delivered) == payload
 
 
+@TWINS
 @PROPERTIES
 @given(body=chunked_bodies(), cut=st.data())
 def test_chunked_cut_short_is_an_error_at_eof(
-    body: tuple[bytes, bytes, list[int]], cut: st.DataObject
+    body: tuple[bytes, bytes, list[int]], cut: st.DataObject, twin: Twin
 ) -> None:
     _, framed, _ = body
     short = framed[: cut.draw(st.integers(0, len(framed) - 1))]
-    decoder = ChunkedDecoder(lambda _: None)
+    decoder = twin.chunked(lambda _: None)
     assert not decoder.feed(short)
     with pytest.raises(BodyFramingError):
         decoder.feed_eof()
 
 
-def test_one_whole_chunk_per_read_is_one_piece_per_read() -> None:
+@TWINS
+def test_one_whole_chunk_per_read_is_one_piece_per_read(twin: Twin) -> None:
     delivered: list[bytes] = []
-    decoder = ChunkedDecoder(delivered.append)
+    decoder = twin.chunked(delivered.append)
     events = [b"event: ping\ndata: {}\n\n", b"x" * 300, b"y"]
     for event in events:
         assert not decoder.feed(b"%x\r\n%s\r\n" % (len(event), event))
@@ -212,16 +248,18 @@ def test_one_whole_chunk_per_read_is_one_piece_per_read() -> None:
     assert delivered == events
 
 
-def test_content_length_read_within_the_body_is_passed_on_uncopied() -> None:
+@TWINS
+def test_content_length_read_within_the_body_is_passed_on_uncopied(twin: Twin) -> None:
     delivered: list[bytes] = []
-    decoder = ContentLengthDecoder(10, delivered.append)
+    decoder = twin.length(10, delivered.append)
     read = b"12345"
     assert not decoder.feed(read)
     assert delivered[0] is read
 
 
-def test_content_length_cut_short_is_an_error_at_eof() -> None:
-    decoder = ContentLengthDecoder(10, lambda _: None)
+@TWINS
+def test_content_length_cut_short_is_an_error_at_eof(twin: Twin) -> None:
+    decoder = twin.length(10, lambda _: None)
     decoder.feed(b"12345")
     with pytest.raises(BodyFramingError, match="5 bytes"):
         decoder.feed_eof()
@@ -246,35 +284,173 @@ MALFORMED = {
 }
 
 
+@TWINS
 @pytest.mark.parametrize("body", MALFORMED.values(), ids=MALFORMED.keys())
-def test_malformed_chunked_framing_is_an_error_however_cut(body: bytes) -> None:
+def test_malformed_chunked_framing_is_an_error_however_cut(body: bytes, twin: Twin) -> None:
     assert h11_rejects(CHUNKED_HEAD, body)
     with pytest.raises(BodyFramingError):
-        ChunkedDecoder(lambda _: None).feed(body)
-    bytewise = ChunkedDecoder(lambda _: None)
+        twin.chunked(lambda _: None).feed(body)
+    bytewise = twin.chunked(lambda _: None)
     with pytest.raises(BodyFramingError):
         for i in range(len(body)):
             bytewise.feed(body[i : i + 1])
         bytewise.feed_eof()
 
 
+@TWINS
 @pytest.mark.parametrize("what", ["size line", "trailer line"])
-def test_a_line_without_end_is_refused_at_the_bound_not_buffered(what: str) -> None:
+def test_a_line_without_end_is_refused_at_the_bound_not_buffered(what: str, twin: Twin) -> None:
     start = b"1;" if what == "size line" else b"0\r\nx-long: "
-    decoder = ChunkedDecoder(lambda _: None)
+    decoder = twin.chunked(lambda _: None)
     decoder.feed(start)
     with pytest.raises(BodyFramingError, match=f"longer than {MAX_LINE}"):
         for _ in range(MAX_LINE):
             decoder.feed(b"a")
 
 
-def test_a_long_extension_within_the_bound_is_fine() -> None:
+@TWINS
+def test_a_long_extension_within_the_bound_is_fine(twin: Twin) -> None:
     delivered: list[bytes] = []
-    decoder = ChunkedDecoder(delivered.append)
+    decoder = twin.chunked(delivered.append)
     line = b"1;" + b"e" * (MAX_LINE - 5) + b"\r\n"
     assert len(line) == MAX_LINE - 1
     assert decoder.feed(line + b"x\r\n0\r\n\r\n")
     assert delivered == [b"x"]
+
+
+# -- the twins against each other, and read into as a BufferedProtocol -------------------
+
+
+def test_the_pump_has_the_twins_limits() -> None:
+    python_limits = {
+        name: getattr(body_decoder, name)
+        for name in ("READ_SIZE", "MAX_LINE", "MAX_TRAILER", "MAX_SIZE_DIGITS")
+    }
+    assert python_limits == _bodypump.LIMITS
+    assert _bodypump.FRAMINGS == {"LENGTH": LENGTH, "CLOSE": CLOSE, "CHUNKED": CHUNKED}
+
+
+def outcome(make: Callable[[Deliver], BodyDecoder], reads: list[bytes], eof: bool) -> list[object]:
+    """All a decoder does with `reads` (and then EOF): each read's pieces delivered and
+    whether it completed the message, then its error, if any, and what trailed."""
+    record: list[object] = []
+    pieces: list[bytes] = []
+    decoder = make(pieces.append)
+    try:
+        for read in reads:
+            complete = decoder.feed(read)
+            record.append((pieces[:], complete))
+            pieces.clear()
+        if eof:
+            decoder.feed_eof()
+    except BodyFramingError as exc:
+        record.append(("error", str(exc)))
+    record.append(decoder.trailing)
+    return record
+
+
+# Mostly broken chunked bodies: framing bytes in every order, with some payload.
+FRAMING_SOUP = st.lists(
+    st.sampled_from(
+        [
+            b"0",
+            b"1",
+            b"a",
+            b"F",
+            b"g",
+            b";",
+            b"x=y",
+            b" ",
+            b"\t",
+            b"\r",
+            b"\n",
+            b"\r\n",
+            b":",
+            b"k: v",
+            b"-",
+            b"10",
+            b"00000000000000000000001",
+        ]
+    )
+    | st.binary(max_size=40),
+    max_size=40,
+).map(b"".join)
+
+
+@PROPERTIES
+@given(body=FRAMING_SOUP | chunked_bodies().map(lambda b: b[1]), data=st.data())
+def test_the_twins_agree_on_any_chunked_bytes_however_cut(body: bytes, data: st.DataObject) -> None:
+    reads = data.draw(cuts(body, []))
+    eof = data.draw(st.booleans())
+    assert outcome(CYTHON.chunked, reads, eof) == outcome(PYTHON.chunked, reads, eof)
+
+
+@PROPERTIES
+@given(body=st.binary(max_size=300), length=st.integers(1, 300), data=st.data())
+def test_the_twins_agree_on_sized_and_close_delimited_bodies(
+    body: bytes, length: int, data: st.DataObject
+) -> None:
+    reads = data.draw(cuts(body, []))
+    eof = data.draw(st.booleans())
+    sized = outcome(lambda deliver: CYTHON.length(length, deliver), reads, eof)
+    assert sized == outcome(lambda deliver: PYTHON.length(length, deliver), reads, eof)
+    assert outcome(CYTHON.close, reads, eof) == outcome(PYTHON.close, reads, eof)
+
+
+class Owner:
+    """What the upstream connection hears from the decoder it handed its transport."""
+
+    def __init__(self) -> None:
+        self.ended = 0
+        self.failed: list[str] = []
+
+    def body_ended(self) -> None:
+        self.ended += 1
+
+    def body_failed(self, message: str) -> None:
+        self.failed.append(message)
+
+
+def read_into(decoder: BodyDecoder, reads: list[bytes]) -> Owner:
+    """Hands `reads` over as uvloop does: get_buffer, bytes copied in, buffer_updated.
+    Stops where the owner takes the transport back (the body ended or broke)."""
+    owner = Owner()
+    decoder.owner = owner  # type: ignore[assignment]
+    for read in reads:
+        if owner.ended or owner.failed:
+            break
+        view = memoryview(decoder.get_buffer(-1))
+        assert len(view) >= len(read)
+        view[: len(read)] = read
+        decoder.buffer_updated(len(read))
+    return owner
+
+
+@TWINS
+@PROPERTIES
+@given(body=chunked_bodies(), extra=st.binary(max_size=20), data=st.data())
+def test_read_into_as_a_buffered_protocol_it_matches_h11(
+    body: tuple[bytes, bytes, list[int]], extra: bytes, data: st.DataObject, twin: Twin
+) -> None:
+    payload, framed, ends = body
+    reads = [read for read in data.draw(cuts(framed + extra, ends)) if read]
+    delivered: list[bytes] = []
+    decoder = twin.chunked(delivered.append)
+    owner = read_into(decoder, reads)
+    assert (owner.ended, owner.failed) == (1, [])
+    assert b"".join(delivered) == payload
+    # What came in the read that ended it stays with the decoder; later reads are the
+    # connection's (its next head), which the owner reads once it has the transport.
+    last = completing_read(reads, len(framed))
+    assert decoder.trailing == b"".join(reads[: last + 1])[len(framed) :]
+
+
+@TWINS
+@pytest.mark.parametrize("body", MALFORMED.values(), ids=MALFORMED.keys())
+def test_read_into_a_broken_body_tells_the_owner_once(body: bytes, twin: Twin) -> None:
+    owner = read_into(twin.chunked(lambda _: None), [body[i : i + 1] for i in range(len(body))])
+    assert owner.ended == 0
+    assert len(owner.failed) == 1
 
 
 # -- which decoder ------------------------------------------------------------------------
@@ -303,8 +479,11 @@ def parsed_head(method: bytes, head: bytes) -> h11.Response:
 )
 def test_framing_follows_rfc_9112(method: bytes, head: bytes, kind: type | None) -> None:
     response = parsed_head(method, head)
-    decoder = body_decoder(method, response.status_code, response.headers, lambda _: None)
+    args = (method, response.status_code, response.headers, lambda _: None)
+    decoder = body_decoder.body_decoder(*args)
     assert (None if decoder is None else type(decoder)) is kind
+    # The pump decodes every framing, chosen by the same rules.
+    assert (_bodypump.body_decoder(*args) is None) is (kind is None)
 
 
 # -- inside the upstream connection -------------------------------------------------------

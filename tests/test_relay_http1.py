@@ -40,7 +40,7 @@ def relay(sim: SimServer, request: pytest.FixtureRequest) -> Iterator[RelayProce
     """The relay with each SSE scanner: end to end, the twins must be indistinguishable."""
     env = {"SSE_RELAY_NO_EXTENSIONS": "1"} if request.param == "python" else {}
     with RelayProcess(sim.url, keepalive=KA, env=env) as proc:
-        assert f"scanner={request.param}".encode() in proc.ready_line
+        assert f"scanner={request.param} body_pump={request.param}".encode() in proc.ready_line
         yield proc
 
 

@@ -24,6 +24,7 @@ from relay.ops.metrics import RelayMetrics
 from relay.ops.setting_table import format_listen
 from relay.ops.worker import watch_supervisor
 from relay.sse.scanner import IMPLEMENTATION
+from relay.upstream.body_pump import IMPLEMENTATION as PUMP
 from relay.upstream.routes import UpstreamRoutes
 
 log = logging.getLogger("sse_relay")
@@ -169,7 +170,7 @@ async def serve(config: RelayConfig, worker_id: int | None = None) -> None:
     _tune_garbage_collector()
     print(
         f"sse-relay {__version__} listening on {' '.join(addresses)} "
-        f"upstream={config.upstreams[0].url} scanner={IMPLEMENTATION}",
+        f"upstream={config.upstreams[0].url} scanner={IMPLEMENTATION} body_pump={PUMP}",
         flush=True,
     )
     try:

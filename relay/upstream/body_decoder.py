@@ -1,17 +1,25 @@
 """HTTP/1.1 response bodies, decoded without h11 (RFC 9112 sections 6 and 7.1).
 
-Sans-IO: a decoder is fed bytes as they arrive and hands each piece of body to a
-`deliver` callable; `feed` returns True on the call that completes the message. h11
-parses the response head; once it has, the body bypasses it, because h11's per-chunk
-event machinery was close to half of the relay's CPU. The common case, one whole
-chunk per read, costs one `find`, one `int`, and the payload slice.
+A decoder is fed bytes as they arrive and hands each piece of body to a `deliver`
+callable; `feed` returns True on the call that completes the message. h11 parses the
+response head; once it has, the body bypasses it, because h11's per-chunk event
+machinery was close to half of the relay's CPU. The common case, one whole chunk per
+read, costs one `find`, one `int`, and the payload slice.
+
+A decoder is also the connection's asyncio `BufferedProtocol` while its body is read
+(`Pumped`): relay/upstream/http1.py hands it the transport after the head. This is
+the pure-Python twin of relay/upstream/_bodypump.pyx, which does the same in C;
+relay/upstream/body_pump.py picks one.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
+#: What one read may bring (uvloop's own read buffer is as large).
+READ_SIZE = 256 * 1024
 #: A chunk-size line (size, extensions, CRLF) or trailer line longer than this is
 #: broken framing, not something to buffer.
 MAX_LINE = 4096
@@ -27,15 +35,33 @@ NO_BODY_STATUS = frozenset({204, 304})
 Deliver = Callable[[bytes], None]
 
 
+# How a response body is framed (RFC 9112 section 6.3).
+LENGTH, CLOSE, CHUNKED = range(3)
+
+
 class BodyFramingError(Exception):
     """Upstream framed a response body wrongly; the connection cannot be trusted."""
 
 
+class PumpOwner(Protocol):
+    """The upstream connection whose body a decoder reads (relay/upstream/http1.py):
+    told when a read ends the body or breaks it, and of the transport's other events."""
+
+    def body_ended(self) -> None: ...
+    def body_failed(self, message: str) -> None: ...
+    def eof_received(self) -> bool: ...
+    def connection_lost(self, exc: Exception | None) -> None: ...
+    def pause_writing(self) -> None: ...
+    def resume_writing(self) -> None: ...
+
+
 class BodyDecoder(Protocol):
-    """One response body being decoded."""
+    """One response body being decoded, and its connection's protocol meanwhile."""
 
     #: Bytes received after the end of the message (complete decoders only).
     trailing: bytes
+    #: Set before the decoder is made the connection's protocol.
+    owner: PumpOwner | None
 
     def feed(self, data: bytes) -> bool:
         """Deliver the body bytes in `data`; True on the call that ends the message."""
@@ -45,11 +71,15 @@ class BodyDecoder(Protocol):
         """Upstream closed: ends a close-delimited body, else raises BodyFramingError."""
         ...
 
+    def get_buffer(self, sizehint: int) -> memoryview: ...
+    def buffer_updated(self, nbytes: int) -> None: ...
 
-def body_decoder(
-    method: bytes, status: int, headers: Iterable[tuple[bytes, bytes]], deliver: Deliver
-) -> BodyDecoder | None:
-    """The decoder for a response's body, or None when no body follows the head.
+
+def body_framing(
+    method: bytes, status: int, headers: Iterable[tuple[bytes, bytes]]
+) -> tuple[int, int] | None:
+    """How a response's body is framed, as (LENGTH, CLOSE or CHUNKED; its length), or
+    None when no body follows the head.
 
     RFC 9112 section 6.3 as h11 applies it; `headers` are the ones h11 parsed (names
     lower-case, Transfer-Encoding only ever `chunked`, Content-Length validated).
@@ -59,21 +89,85 @@ def body_decoder(
     length = None
     for name, value in headers:
         if name == b"transfer-encoding":
-            return ChunkedDecoder(deliver)
+            return CHUNKED, 0
         if name == b"content-length":
             length = int(value)
     if length is None:
-        return CloseDelimitedDecoder(deliver)
-    return ContentLengthDecoder(length, deliver) if length else None
+        return CLOSE, 0
+    return (LENGTH, length) if length else None
 
 
-class ContentLengthDecoder:
+def body_decoder(
+    method: bytes, status: int, headers: Iterable[tuple[bytes, bytes]], deliver: Deliver
+) -> BodyDecoder | None:
+    """The decoder for a response's body, or None when no body follows the head."""
+    framing = body_framing(method, status, headers)
+    if framing is None:
+        return None
+    kind, length = framing
+    if kind == CHUNKED:
+        return ChunkedDecoder(deliver)
+    if kind == LENGTH:
+        return ContentLengthDecoder(length, deliver)
+    return CloseDelimitedDecoder(deliver)
+
+
+# One read buffer for every connection: the loop is single-threaded and each read is
+# decoded before the next one starts, so nothing a decoder keeps ever lives in it.
+_READ = bytearray(READ_SIZE)
+_READ_VIEW = memoryview(_READ)
+
+
+class Pumped(asyncio.BufferedProtocol):
+    """The asyncio `BufferedProtocol` face of a decoder (`feed` and `trailing` are the
+    subclass's): reads go into the shared buffer, and then to `feed`."""
+
+    __slots__ = ()
+    owner: PumpOwner | None
+    trailing: bytes
+
+    def feed(self, data: bytes) -> bool:
+        raise NotImplementedError
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _READ_VIEW
+
+    def buffer_updated(self, nbytes: int) -> None:
+        owner = self.owner
+        assert owner is not None
+        try:
+            complete = self.feed(bytes(_READ_VIEW[:nbytes]))
+        except BodyFramingError as exc:
+            owner.body_failed(str(exc))
+            return
+        if complete:
+            owner.body_ended()
+
+    def eof_received(self) -> bool:
+        assert self.owner is not None
+        return self.owner.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        assert self.owner is not None
+        self.owner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        assert self.owner is not None
+        self.owner.pause_writing()
+
+    def resume_writing(self) -> None:
+        assert self.owner is not None
+        self.owner.resume_writing()
+
+
+class ContentLengthDecoder(Pumped):
     """A body of `content-length` bytes."""
 
-    __slots__ = ("_deliver", "_remaining", "trailing")
+    __slots__ = ("_deliver", "_remaining", "owner", "trailing")
 
     def __init__(self, length: int, deliver: Deliver) -> None:
         assert length > 0
+        self.owner = None
         self._deliver = deliver
         self._remaining = length
         self.trailing = b""
@@ -101,12 +195,13 @@ class ContentLengthDecoder:
             )
 
 
-class CloseDelimitedDecoder:
+class CloseDelimitedDecoder(Pumped):
     """A body without framing headers: it ends when upstream closes the connection."""
 
-    __slots__ = ("_deliver", "trailing")
+    __slots__ = ("_deliver", "owner", "trailing")
 
     def __init__(self, deliver: Deliver) -> None:
+        self.owner = None
         self._deliver = deliver
         self.trailing = b""
 
@@ -123,7 +218,7 @@ class CloseDelimitedDecoder:
 _SIZE, _DATA, _DATA_END, _TRAILER, _DONE = range(5)
 
 
-class ChunkedDecoder:
+class ChunkedDecoder(Pumped):
     """A `transfer-encoding: chunked` body (RFC 9112 section 7.1).
 
     Chunk data is delivered as it arrives, never buffered; only an incomplete size
@@ -131,9 +226,18 @@ class ChunkedDecoder:
     Chunk extensions and trailer fields are read and discarded.
     """
 
-    __slots__ = ("_deliver", "_remaining", "_state", "_tail", "_trailer_left", "trailing")
+    __slots__ = (
+        "_deliver",
+        "_remaining",
+        "_state",
+        "_tail",
+        "_trailer_left",
+        "owner",
+        "trailing",
+    )
 
     def __init__(self, deliver: Deliver) -> None:
+        self.owner = None
         self._deliver = deliver
         self._state = _SIZE
         self._remaining = 0  # of the current chunk's data

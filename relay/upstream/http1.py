@@ -1,7 +1,9 @@
 """One HTTP/1.1 connection to upstream: h11 client over a raw asyncio Protocol.
 
-h11 writes requests and parses response heads; response bodies bypass it (see
-`relay.upstream.body_decoder`), because they are the hot path.
+h11 writes requests and parses response heads; response bodies bypass it, because
+they are the hot path: from the head's end to the body's, the transport belongs to
+the body's decoder, a `BufferedProtocol` (relay/upstream/body_pump.py) that uvloop
+reads into directly.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import h11
 
 from relay.core.errors import RelayError, upstream_failure
 from relay.core.exchange import MAX_RESPONSE_HEAD, ConnectionPool, Headers, ResponseSink
-from relay.upstream.body_decoder import BodyDecoder, BodyFramingError, body_decoder
+from relay.upstream.body_decoder import BodyDecoder, BodyFramingError
+from relay.upstream.body_pump import body_decoder
 
 
 def _client_connection() -> h11.Connection:
@@ -30,7 +33,8 @@ class Http1Upstream(asyncio.Protocol):
         self._sink: ResponseSink | None = None
         self._method = b""
         self._head_seen = False
-        # Set from the response head to the end of its body, which it decodes instead of h11.
+        # Set from the response head to the end of its body, which it decodes instead of
+        # h11; meanwhile it is the transport's protocol, and tells us what happens.
         self._body: BodyDecoder | None = None
         self.closed = False
 
@@ -41,20 +45,9 @@ class Http1Upstream(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
-        body = self._body
-        if body is None:
-            self._h11.receive_data(data)
-            self._drain_events()
-            return
-        try:
-            complete = body.feed(data)
-        except BodyFramingError as exc:
-            self._fail(f"upstream broke HTTP/1.1: {exc}")
-            return
-        if complete:
-            self._body = None
-            # Bytes past the response's end were never asked for: a broken upstream.
-            self._end_exchange(reusable=not body.trailing)
+        # Heads only: once a head is parsed, its body's decoder reads the transport.
+        self._h11.receive_data(data)
+        self._drain_events()
 
     def eof_received(self) -> bool:
         body = self._body
@@ -69,6 +62,7 @@ class Http1Upstream(asyncio.Protocol):
             self._fail(f"upstream broke HTTP/1.1: {exc}")
             return False
         self._body = None
+        self._take_transport()
         self._end_exchange(reusable=False)
         return False
 
@@ -79,6 +73,18 @@ class Http1Upstream(asyncio.Protocol):
         if sink is not None:
             reason = f": {exc}" if exc else ""
             sink.on_upstream_failed(self._lost("upstream closed the connection", reason))
+
+    # -- from the body's decoder (relay.upstream.body_decoder.PumpOwner) ---------------
+
+    def body_ended(self) -> None:
+        body, self._body = self._body, None
+        self._take_transport()
+        # Bytes past the response's end were never asked for: a broken upstream.
+        self._end_exchange(reusable=body is not None and not body.trailing)
+
+    def body_failed(self, message: str) -> None:
+        self._body = None
+        self._fail(f"upstream broke HTTP/1.1: {message}")
 
     def pause_writing(self) -> None:
         if self._sink is not None:
@@ -170,7 +176,24 @@ class Http1Upstream(asyncio.Protocol):
             return
         self._body = body
         if rest:
-            self.data_received(rest)
+            try:
+                complete = body.feed(rest)
+            except BodyFramingError as exc:
+                self.body_failed(str(exc))
+                return
+            if complete:
+                self.body_ended()
+                return
+        if not self.closed and self._transport is not None:  # not aborted meanwhile
+            body.owner = self
+            # uvloop takes any object with get_buffer as a BufferedProtocol, the
+            # Cython pump too (asyncio's own loop wants a subclass, as the twin is).
+            self._transport.set_protocol(cast(asyncio.BufferedProtocol, body))
+
+    def _take_transport(self) -> None:
+        """The body is over: reads come to this protocol again (the next head)."""
+        if self._transport is not None and self._transport.get_protocol() is not self:
+            self._transport.set_protocol(self)
 
     def _deliver(self, data: bytes) -> None:
         # The sink may abort us between two chunks of one read: the rest is dropped.

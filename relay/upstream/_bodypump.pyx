@@ -1,0 +1,282 @@
+# cython: language_level=3, auto_pickle=False, autotestdict=False
+"""Cython twin of `relay.upstream.body_decoder`: HTTP/1.1 response bodies decoded in C.
+
+A `BodyPump` is also the asyncio `BufferedProtocol` of the upstream connection while
+a body is read (relay/upstream/http1.py hands it the transport after the head): uvloop
+reads straight into this module's buffer, one for the whole process, and
+`buffer_updated` decodes the framing there in one C loop. The loop is single-threaded
+and every read is handed over at once, so one buffer serves every connection; all a
+pump keeps between reads is an unfinished size or trailer line (`_tail`, rare).
+
+Keep the two twins in step; tests/test_body_decoder.py runs both against h11.
+"""
+
+from cpython.bytearray cimport PyByteArray_AS_STRING
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from libc.string cimport memchr, memcpy
+
+from relay.upstream.body_decoder import BodyFramingError, body_framing
+
+cdef enum:
+    # relay/upstream/body_decoder.py, again (its tests check they agree).
+    READ_SIZE = 262144
+    MAX_LINE = 4096
+    MAX_TRAILER = 65536
+    MAX_SIZE_DIGITS = 20
+
+# A chunk size past this is never reached (exabytes); larger ones are held at it.
+cdef long long SIZE_CEILING = (<long long>1) << 62
+
+cdef enum:
+    # Framings.
+    LENGTH = 0
+    CLOSE = 1
+    CHUNKED = 2
+
+cdef enum:
+    # Chunked states: what the next bytes are.
+    SIZE = 0
+    DATA = 1
+    DATA_END = 2
+    TRAILER = 3
+    DONE = 4
+
+cdef bytearray _READ = bytearray(READ_SIZE)
+cdef object _READ_VIEW = memoryview(_READ)
+cdef unsigned char* _READ_AT = <unsigned char*>PyByteArray_AS_STRING(_READ)
+
+
+cdef inline Py_ssize_t find_crlf(const unsigned char* p, Py_ssize_t pos, Py_ssize_t end) noexcept:
+    """Where `\\r\\n` starts in `p[pos:end]` (whole inside it), or -1: `bytes.find`."""
+    cdef const unsigned char* q
+    while end - pos >= 2:
+        q = <const unsigned char*>memchr(p + pos, b"\r", end - pos - 1)
+        if q == NULL:
+            return -1
+        pos = q - p
+        if p[pos + 1] == b"\n":
+            return pos
+        pos += 1
+    return -1
+
+
+cdef inline int hex_value(unsigned char c) noexcept:
+    """The value of hex digit `c`, or -1."""
+    if c'0' <= c <= c'9':
+        return c - c'0'
+    if c'a' <= c <= c'f':
+        return c - c'a' + 10
+    if c'A' <= c <= c'F':
+        return c - c'A' + 10
+    return -1
+
+
+cdef long long chunk_size(const unsigned char* line, Py_ssize_t n) except -1:
+    """The size on a chunk-size line (CRLF removed): as `body_decoder._chunk_size`."""
+    cdef Py_ssize_t digits = 0, i
+    cdef long long size = 0
+    cdef int v
+    while digits < n:
+        v = hex_value(line[digits])
+        if v < 0:
+            break
+        if size < SIZE_CEILING:
+            size = size * 16 + v
+        digits += 1
+    cdef bint bad = not 0 < digits <= MAX_SIZE_DIGITS
+    if not bad and digits < n and line[digits] != b";":
+        for i in range(digits, n):
+            if line[i] != b" " and line[i] != b"\t":
+                bad = True
+                break
+    if bad:
+        shown = PyBytes_FromStringAndSize(<const char*>line, min(n, 64))
+        raise BodyFramingError(f"malformed chunk-size line: {shown!r}")
+    return min(size, SIZE_CEILING)
+
+
+cdef class BodyPump:
+    """One response body: fed bytes (`feed`) or read into by uvloop (`buffer_updated`),
+    it hands each piece of body to `deliver`; see `body_decoder.BodyDecoder`."""
+
+    def __init__(self, int framing, long long length, deliver):
+        self._deliver = deliver
+        self.owner = None
+        self.trailing = b""
+        self._framing = framing
+        self._state = SIZE
+        self._remaining = length
+        self._trailer_left = MAX_TRAILER
+        self._tail = b""
+        self._tail_in_buffer = 0
+
+    # -- the decoder ------------------------------------------------------------------
+
+    def feed(self, data):
+        """Deliver the body bytes in `data`; True on the call that ends the message."""
+        cdef bytes whole = data if type(data) is bytes else bytes(data)
+        if self._tail:
+            whole = self._tail + whole  # rare: a read split a line
+            self._tail = b""
+        return self._run(
+            <const unsigned char*>PyBytes_AS_STRING(whole), PyBytes_GET_SIZE(whole), whole
+        ) == 1
+
+    def feed_eof(self):
+        """Upstream closed: ends a close-delimited body, else raises BodyFramingError."""
+        if self._framing == LENGTH and self._remaining:
+            raise BodyFramingError(
+                f"upstream closed with {self._remaining} bytes of the body still to come"
+            )
+        if self._framing == CHUNKED and self._state != DONE:
+            raise BodyFramingError("upstream closed in the middle of a chunked body")
+
+    # -- asyncio.BufferedProtocol -----------------------------------------------------
+
+    def get_buffer(self, Py_ssize_t sizehint):
+        cdef Py_ssize_t kept = PyBytes_GET_SIZE(self._tail)
+        self._tail_in_buffer = kept
+        if not kept:
+            return _READ_VIEW
+        memcpy(_READ_AT, PyBytes_AS_STRING(self._tail), kept)
+        return _READ_VIEW[kept:]
+
+    def buffer_updated(self, Py_ssize_t nbytes):
+        cdef Py_ssize_t kept = self._tail_in_buffer
+        self._tail_in_buffer = 0
+        self._tail = b""
+        try:
+            complete = self._run(_READ_AT, kept + nbytes, None)
+        except BodyFramingError as exc:
+            self.owner.body_failed(str(exc))
+            return
+        if complete:
+            self.owner.body_ended()
+
+    def eof_received(self):
+        return self.owner.eof_received()
+
+    def connection_lost(self, exc):
+        self.owner.connection_lost(exc)
+
+    def pause_writing(self):
+        self.owner.pause_writing()
+
+    def resume_writing(self):
+        self.owner.resume_writing()
+
+    # -- internals --------------------------------------------------------------------
+
+    cdef int _give(self, const unsigned char* p, Py_ssize_t start, Py_ssize_t stop, Py_ssize_t n, object whole) except -1:
+        """Deliver `p[start:stop]`: `whole` itself when that is all of it (no copy)."""
+        if whole is not None and start == 0 and stop == n:
+            self._deliver(whole)
+        else:
+            self._deliver(PyBytes_FromStringAndSize(<const char*>p + start, stop - start))
+        return 0
+
+    cdef int _run(self, const unsigned char* p, Py_ssize_t n, object whole) except -1:
+        """Decode `p[:n]`; 1 if it ends the message."""
+        cdef long long remaining = self._remaining
+        if self._framing == CLOSE:
+            if n:
+                self._give(p, 0, n, n, whole)
+            return 0
+        if self._framing == LENGTH:
+            if not remaining:
+                self.trailing += PyBytes_FromStringAndSize(<const char*>p, n)
+                return 0
+            if n < remaining:
+                self._remaining = remaining - n
+                if n:
+                    self._give(p, 0, n, n, whole)
+                return 0
+            self._remaining = 0
+            self._give(p, 0, remaining, n, whole)
+            self.trailing = PyBytes_FromStringAndSize(<const char*>p + remaining, n - remaining)
+            return 1
+        return self._run_chunked(p, n, whole)
+
+    cdef int _run_chunked(self, const unsigned char* p, Py_ssize_t n, object whole) except -1:
+        cdef int state = self._state
+        cdef Py_ssize_t pos = 0, eol
+        cdef long long stop, size
+        if state == DONE:
+            self.trailing += PyBytes_FromStringAndSize(<const char*>p, n)
+            return 0
+        while pos < n:
+            if state == SIZE:
+                eol = find_crlf(p, pos, min(n, pos + MAX_LINE))
+                if eol < 0:
+                    self._keep_line(p, pos, n, "chunk-size line")
+                    break
+                size = chunk_size(p + pos, eol - pos)
+                pos = eol + 2
+                if size:
+                    self._remaining = size
+                    state = DATA
+                else:
+                    state = TRAILER
+            elif state == DATA:
+                stop = pos + self._remaining
+                if stop <= n:
+                    self._give(p, pos, stop, n, whole)
+                    pos = stop
+                    state = DATA_END
+                else:
+                    # Part of a chunk: deliver it now.
+                    self._give(p, pos, n, n, whole)
+                    self._remaining = stop - n
+                    pos = n
+            elif state == DATA_END:
+                if n - pos >= 2 and p[pos] == b"\r" and p[pos + 1] == b"\n":
+                    pos += 2
+                    state = SIZE
+                elif n - pos == 1 and p[pos] == b"\r":
+                    self._tail = b"\r"
+                    pos = n
+                else:
+                    self._state = state
+                    shown = PyBytes_FromStringAndSize(<const char*>p + pos, min(n - pos, 2))
+                    raise BodyFramingError(f"chunk data not followed by CRLF: {shown!r}")
+            else:  # TRAILER
+                eol = find_crlf(p, pos, min(n, pos + MAX_LINE))
+                if eol < 0:
+                    self._keep_line(p, pos, n, "trailer line")
+                    break
+                self._trailer_left -= eol + 2 - pos
+                if self._trailer_left < 0:
+                    raise BodyFramingError(f"trailer section longer than {MAX_TRAILER} bytes")
+                if eol == pos:
+                    pos += 2
+                    state = DONE
+                    break
+                if memchr(p + pos, b":", eol - pos) == NULL:
+                    shown = PyBytes_FromStringAndSize(<const char*>p + pos, eol - pos)
+                    raise BodyFramingError(f"malformed trailer field: {shown!r}")
+                pos = eol + 2
+        self._state = state
+        if state == DONE:
+            self.trailing = PyBytes_FromStringAndSize(<const char*>p + pos, n - pos)
+            return 1
+        return 0
+
+    cdef int _keep_line(self, const unsigned char* p, Py_ssize_t pos, Py_ssize_t n, str what) except -1:
+        if n - pos >= MAX_LINE:
+            raise BodyFramingError(f"{what} longer than {MAX_LINE} bytes")
+        self._tail = PyBytes_FromStringAndSize(<const char*>p + pos, n - pos)
+        return 0
+
+
+#: The constants above, for tests/test_body_decoder.py to hold against the twin's.
+LIMITS = {"READ_SIZE": READ_SIZE, "MAX_LINE": MAX_LINE, "MAX_TRAILER": MAX_TRAILER,
+          "MAX_SIZE_DIGITS": MAX_SIZE_DIGITS}
+FRAMINGS = {"LENGTH": LENGTH, "CLOSE": CLOSE, "CHUNKED": CHUNKED}
+
+
+def body_decoder(method, status, headers, deliver):
+    """`body_decoder.body_decoder`, with a `BodyPump` for every framing."""
+    framing = body_framing(method, status, headers)
+    if framing is None:
+        return None
+    return BodyPump(framing[0], framing[1], deliver)
