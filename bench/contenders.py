@@ -141,8 +141,8 @@ class SseRelay(Contender):
 
 class TlsUpstreamRelay(SseRelay):
     """sse-relay (Cython scanner) to the emitter's TLS listener, verifying it against the
-    run's CA: `protocol` "auto" (HTTP/2 by ALPN, what users get against the real API)
-    or "http/1.1" (`--upstream-protocol http/1.1`, ALPN offers only that)."""
+    run's CA: `protocol` "auto" (HTTP/2 by ALPN, as the real API picks) or "http/1.1"
+    (the default, `--upstream-protocol http/1.1`: ALPN offers only that)."""
 
     def __init__(self, protocol: str) -> None:
         super().__init__("cython")
@@ -163,7 +163,7 @@ class TlsUpstreamRelay(SseRelay):
 
 LABELS_TLS = {
     "relay-tls-auto": "sse-relay (auto: h2 upstream)",
-    "relay-tls-h1": "sse-relay (http/1.1 upstream)",
+    "relay-tls-h1": "sse-relay (http/1.1 upstream, the default)",
     "nginx-tls": "nginx (https upstream, keepalive pool)",
 }
 

@@ -2,8 +2,9 @@
 
 The emitter's TLS listener (a trustme CA made for the run) serves HTTP/2 or HTTP/1.1 by
 ALPN, as the real API does. Contenders: sse-relay with `--upstream-protocol auto` (it
-picks h2 there, the default), sse-relay with `--upstream-protocol http/1.1`, and nginx
-with `proxy_pass https://`, verification on, session reuse and a keepalive pool. Clients
+picks h2 there), sse-relay with `--upstream-protocol http/1.1` (the default, chosen by
+this scenario's numbers), and nginx with `proxy_pass https://`, verification on,
+session reuse and a keepalive pool. Clients
 reach all three over cleartext HTTP/1.1, as in scenarios 1 and 2.
 
 `direct` (the load generator straight to the cleartext emitter) runs in the same rounds

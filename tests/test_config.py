@@ -27,7 +27,7 @@ def test_defaults() -> None:
     assert config.upstreams[0].url == "https://api.anthropic.com"
     assert config.upstreams[0].authority == b"api.anthropic.com"
     assert config.keepalive_interval == 15.0 and config.keepalive_frame == "comment"
-    assert config.tls_verify and config.upstream_protocol == "auto"
+    assert config.tls_verify and config.upstream_protocol == "http/1.1"
 
 
 def test_flag_beats_environment_beats_default() -> None:

@@ -58,7 +58,8 @@ def test_alpn_h2_relays_the_same_bytes_as_http1_with_keepalives(
 ) -> None:
     gap = script(gaps=[[3, 6 * KA]])
     upstream = f"https://localhost:{tls_sim.port}"
-    with RelayProcess(upstream, "--upstream-ca", str(ca_file), keepalive=KA) as relay:
+    args = ("--upstream-ca", str(ca_file), "--upstream-protocol", "auto")
+    with RelayProcess(upstream, *args, keepalive=KA) as relay:
         _, _, over_h2 = raw_stream(relay.url, headers=gap)
         assert tls_sim.requests[-1].http_version == "2"
         events, final = sdk_stream(relay.url, gap)
@@ -72,12 +73,14 @@ def test_alpn_h2_relays_the_same_bytes_as_http1_with_keepalives(
     assert final.model_dump() == direct_final.model_dump() and len(events) == len(direct_events)
 
 
-def test_forced_http1_is_spoken_to_an_h2_capable_upstream(
-    tls_sim: SimServer, ca_file: Path
+@pytest.mark.parametrize(
+    "flags", [(), ("--upstream-protocol", "http/1.1")], ids=["default", "forced"]
+)
+def test_http1_is_spoken_to_an_h2_capable_upstream_unless_asked_otherwise(
+    tls_sim: SimServer, ca_file: Path, flags: tuple[str, ...]
 ) -> None:
     upstream = f"https://localhost:{tls_sim.port}"
-    args = ("--upstream-ca", str(ca_file), "--upstream-protocol", "http/1.1")
-    with RelayProcess(upstream, *args) as relay:
+    with RelayProcess(upstream, "--upstream-ca", str(ca_file), *flags) as relay:
         status, _, body = raw_stream(relay.url)
     assert status == 200 and body.endswith(b"\n\n")
     assert tls_sim.requests[-1].http_version == "1.1"

@@ -164,7 +164,7 @@ SETTINGS: tuple[Setting, ...] = (
         "upstream-protocol",
         _choice("auto", "h2", "http/1.1"),
         "upstream HTTP version: auto (h2 when TLS ALPN picks it), h2 (h2c for http://) "
-        "or http/1.1 (auto)",
+        "or http/1.1 (http/1.1)",
         "auto|h2|http/1.1",
     ),
     Setting("max-header-bytes", _positive_int, "request head size limit, 431 past it (65536)"),
