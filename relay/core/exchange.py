@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from relay.core.body_policy import BodyPolicy
 from relay.core.errors import RelayError
@@ -82,6 +82,30 @@ class ClientSide(Protocol):
     def abort(self) -> None: ...
     def pause_request_body(self) -> None: ...
     def resume_request_body(self) -> None: ...
+
+
+#: A client transport's `write`.
+ChunkWrite = Callable[[bytes], object]
+
+
+@runtime_checkable
+class ChunkClient(Protocol):
+    """A client side whose response body goes out as HTTP/1.1 chunks on a transport."""
+
+    def chunk_writer(self) -> ChunkWrite | None:
+        """The transport's write, if this response's body is chunked, else None."""
+        ...
+
+
+@runtime_checkable
+class ExpressUpstream(Protocol):
+    """An exchange that can write the body to such a client itself (the body pump's
+    express path, relay/upstream/_bodypump.pyx): scanning, counting and timing each
+    piece as `StreamMachine.response_body` would, which is then told in batches."""
+
+    def express(self, write: ChunkWrite, scanner: object, last_byte: float) -> bool: ...
+    def take_progress(self) -> tuple[int, float, float]: ...
+    def rebase(self, last_byte: float) -> None: ...
 
 
 class EdgeStream(Protocol):

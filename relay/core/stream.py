@@ -5,6 +5,11 @@ Adapters (HTTP/1.1, HTTP/2, HTTP/3) call `on_request_*` / `on_client_*`; an upst
 exchange calls `on_response_*`. Each call feeds `StreamMachine` (relay/core/stream_machine.py)
 with the loop's time and carries out the actions it returns, in order. The per-chunk
 path is one machine call and one write.
+
+Once the first bytes are settled, an HTTP/1.1 upstream whose body the Cython pump
+decodes, relaying to a chunked HTTP/1.1 client, takes the per-chunk path over itself
+(`ExpressUpstream`): the machine is then told what it did before each of its other
+events (`_catch_up`), and no Python runs per chunk.
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ from collections.abc import Callable
 
 from relay.core.errors import RelayError, UpstreamLost
 from relay.core.exchange import (
+    ChunkClient,
     ClientSide,
+    ExpressUpstream,
     Headers,
     OpenUpstream,
     RequestHead,
@@ -58,6 +65,8 @@ class RelayStream:
         "_active",
         "_client",
         "_connecting",
+        "_express",
+        "_express_decided",
         "_loop",
         "_machine",
         "_metrics",
@@ -94,6 +103,10 @@ class RelayStream:
         self._connecting: asyncio.Task[None] | None = None
         self._retry: asyncio.TimerHandle | None = None  # a try waiting out its backoff
         self._timer: asyncio.TimerHandle | None = None
+        # The try whose body does its own per-chunk work, and whether this try's
+        # chance to is settled (it is looked at until the first bytes are).
+        self._express: ExpressUpstream | None = None
+        self._express_decided = False
         metrics.stream_started(head.http_version)
         active.add(self)
 
@@ -111,6 +124,7 @@ class RelayStream:
 
     def end_for_drain(self) -> None:
         """The relay is shutting down: end this stream so the client retries elsewhere."""
+        self._catch_up()
         self._run(self._machine.drain(self._loop.time()))
 
     # -- from the client adapter ------------------------------------------------------
@@ -124,6 +138,7 @@ class RelayStream:
     def on_client_gone(self) -> None:
         """The client closed or reset: stop upstream at once so no tokens are wasted, or
         for a resumable stream, go on into its journal for the grace period."""
+        self._catch_up()
         resumable = self._resumable
         if resumable is not None and resumable.resumable:
             resumable.detach(self._loop.time())
@@ -145,13 +160,18 @@ class RelayStream:
 
     def cancel(self) -> None:
         """The client asked to stop paying: upstream is aborted now."""
+        self._catch_up()
         self._run(self._machine.cancel(self._loop.time()))
 
     def on_client_paused(self) -> None:
+        self._catch_up()
         self._run(self._machine.client_paused(self._loop.time()))
 
     def on_client_resumed(self) -> None:
+        self._catch_up()
         self._run(self._machine.client_resumed(self._loop.time()))
+        if self._express is not None:
+            self._express.rebase(self._machine.last_byte)
 
     # -- from upstream ----------------------------------------------------------------
 
@@ -167,13 +187,40 @@ class RelayStream:
     def on_response_body(self, data: bytes) -> None:
         # The hot path: one clock read, one machine call, one write.
         self._client.send_body(self._machine.response_body(data, self._loop.time()))
+        if not self._express_decided:
+            self._try_express()
 
     def on_response_end(self) -> None:
+        self._catch_up()
         self._upstream = None
+        self._express = None
         self._run(self._machine.response_end(self._loop.time()))
 
     def on_upstream_failed(self, error: RelayError) -> None:
+        self._catch_up()
         self._run(self._machine.upstream_failed(error, self._loop.time()))
+
+    # -- the express path -------------------------------------------------------------
+
+    def _try_express(self) -> None:
+        """Once the first bytes are settled, hand the per-chunk work to the upstream
+        exchange if it can do it for this client; either way, settled for this try."""
+        scanner = self._machine.express_scanner()
+        if scanner is None:
+            return  # the first bytes are not settled yet
+        self._express_decided = True
+        client, upstream = self._client, self._upstream
+        if not isinstance(client, ChunkClient) or not isinstance(upstream, ExpressUpstream):
+            return
+        write = client.chunk_writer()
+        if write is not None and upstream.express(write, scanner, self._machine.last_byte):
+            self._express = upstream
+            self._metrics.native_path()
+
+    def _catch_up(self) -> None:
+        """Tell the machine what the express path did, before it decides anything."""
+        if self._express is not None:
+            self._machine.express_progress(*self._express.take_progress())
 
     # -- carrying out actions ---------------------------------------------------------
 
@@ -231,6 +278,7 @@ class RelayStream:
 
     def _tick(self) -> None:
         self._timer = None
+        self._catch_up()
         self._run(self._machine.tick(self._loop.time()))
 
     def _open_try(self, attempt: int, at: float, head: RequestHead) -> None:
@@ -271,6 +319,8 @@ class RelayStream:
             self._connecting.cancel()
             self._connecting = None
         upstream, self._upstream = self._upstream, None
+        self._express = None
+        self._express_decided = False  # a next try settles it again
         if upstream is not None:
             upstream.abort()
         # A congested upstream may have paused the client's body; a retry needs it.

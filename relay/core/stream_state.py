@@ -148,6 +148,27 @@ class StreamState:
     def finished(self) -> bool:
         return self._finished
 
+    @property
+    def last_byte(self) -> float:
+        """When upstream last sent body bytes (or a pause ended: its silence is ours)."""
+        return self._last_byte
+
+    def express_scanner(self) -> FrameScanner | None:
+        """The scanner, once `response_body` has nothing left to do but scan, count and
+        time (the first bytes are settled, upstream is open): its work may then move to
+        the body pump's express path, which reports with `express_progress`."""
+        if self._at_start or self._finished or self.upstream is not Upstream.OPEN:
+            return None
+        return self._scanner
+
+    def express_progress(self, sent: int, last_byte: float, longest_silence: float) -> None:
+        """What the express path did since it last said: `response_body`'s bookkeeping."""
+        if sent:
+            self.bytes_out += sent
+            self._last_byte = last_byte
+        if longest_silence > self._longest_silence:
+            self._longest_silence = longest_silence
+
     def record(self, now: float) -> StreamRecord:
         """What the stream did, as metrics and the log take it (final once finished)."""
         silence = None

@@ -26,7 +26,7 @@ from relay.core.errors import (
     error_response,
     new_request_id,
 )
-from relay.core.exchange import EdgeStream, Headers, RequestHead
+from relay.core.exchange import ChunkWrite, EdgeStream, Headers, RequestHead
 from relay.core.headers import header_value
 from relay.edge.context import EdgeContext
 from relay.ops.access_log import redact_text
@@ -351,6 +351,13 @@ class Http1Protocol(asyncio.Protocol):
             # A HEAD answer has no body (h11 would raise on one, the relay's own error
             # answers included); nor has one h11 already ended (204, 304).
             transport.writelines(self._h11.send_with_data_passthrough(h11.Data(data=data)) or ())
+
+    def chunk_writer(self) -> ChunkWrite | None:
+        """`transport.write`, when the body goes out chunked: the body pump can then
+        write each piece as `send_body` would (relay.core.exchange.ChunkClient)."""
+        if self._transport is None or not self._chunked:
+            return None
+        return self._transport.write
 
     def send_end(self) -> None:
         self._stream = None

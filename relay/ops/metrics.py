@@ -178,6 +178,13 @@ class RelayMetrics:
             "SSE responses that arrived content-encoded and so took no keepalives",
             registry=registry,
         )
+        self._native = Counter(
+            "sse_relay_native_path_streams",
+            "Streams whose body the Cython body pump wrote to the client itself, no Python "
+            "per chunk (HTTP/1.1 upstream and client, past the first bytes; README "
+            "Architecture)",
+            registry=registry,
+        )
         self._quic_dropped = Counter(
             "sse_relay_quic_dropped",
             "UDP datagrams on the HTTP/3 port that belonged to no QUIC connection",
@@ -274,6 +281,9 @@ class RelayMetrics:
 
     def journal_failed(self, op: str) -> None:
         self._journal_errors.labels(op).inc()
+
+    def native_path(self) -> None:
+        self._native.inc()
 
     def quic_dropped(self) -> None:
         self._quic_dropped.inc()

@@ -32,6 +32,7 @@ cdef class FrameScanner:
     cdef Py_ssize_t _tail_len
     cdef unsigned char _tail[TAIL]  # a long watched data line's last bytes so far
 
+    cdef void feed_c(self, const unsigned char* p, Py_ssize_t n) noexcept
     cdef Py_ssize_t _skip_bom(self, const unsigned char* p, Py_ssize_t n) noexcept
     cdef void _dispatch(self, int event, int frame_marks) noexcept
     cdef bint _found_finish(self, const unsigned char* p, Py_ssize_t n) noexcept

@@ -255,6 +255,10 @@ cdef class FrameScanner:
         cdef const unsigned char* p = contents(buf, &n)
         scan(self, p, n, 0, False)
 
+    cdef void feed_c(self, const unsigned char* p, Py_ssize_t n) noexcept:
+        """`feed` for C callers (relay/upstream/_bodypump.pyx): bytes where they lie."""
+        scan(self, p, n, 0, False)
+
     def feed_to_dispatch(self, data, Py_ssize_t start):
         """Account for `data[start:]` as far as the next line ending that dispatches a
         frame, and return that ending's index: exactly as `feed(data[start : k + 1])`

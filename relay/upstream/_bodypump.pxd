@@ -1,6 +1,9 @@
 # Declarations of the Cython body pump (relay/upstream/_bodypump.pyx): its state as
 # typed C fields, so that a Cython module can `cimport` it and drive it without Python.
 
+from relay.sse._fastsse cimport FrameScanner
+
+
 cdef class BodyPump:
     cdef object _deliver
     # Told when a read ends the body or breaks its framing (relay/upstream/http1.py).
@@ -13,6 +16,15 @@ cdef class BodyPump:
     cdef Py_ssize_t _trailer_left
     cdef bytes _tail  # an unfinished size or trailer line (or CR) from the last read
     cdef Py_ssize_t _tail_in_buffer  # of `_tail`, copied to the read buffer's start
+    # The express path (`express`): the client transport's write, the stream's scanner,
+    # and what the stream machine is told at its next event.
+    cdef object _write
+    cdef FrameScanner _scanner
+    cdef long long _sent
+    cdef double _last_byte
+    cdef double _longest_silence
+
+    cdef int _express(self, const unsigned char* p, Py_ssize_t n) except -1
 
     cdef int _give(self, const unsigned char* p, Py_ssize_t start, Py_ssize_t stop, Py_ssize_t n, object whole) except -1
     cdef int _run(self, const unsigned char* p, Py_ssize_t n, object whole) except -1

@@ -8,12 +8,21 @@ reads straight into this module's buffer, one for the whole process, and
 and every read is handed over at once, so one buffer serves every connection; all a
 pump keeps between reads is an unfinished size or trailer line (`_tail`, rare).
 
+The express path (`express`, Cython only): once the stream's first bytes are settled
+and its client takes HTTP/1.1 chunks on a transport, each piece is scanned, counted,
+timed and written as a chunk from here, with no Python frame and one bytes object (the
+one the transport keeps); the stream machine reads the counts at its next event.
+
 Keep the two twins in step; tests/test_body_decoder.py runs both against h11.
 """
 
 from cpython.bytearray cimport PyByteArray_AS_STRING
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from libc.stdio cimport snprintf
 from libc.string cimport memchr, memcpy
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+
+from relay.sse._fastsse cimport FrameScanner
 
 from relay.upstream.body_decoder import BodyFramingError, body_framing
 
@@ -109,6 +118,8 @@ cdef class BodyPump:
         self._trailer_left = MAX_TRAILER
         self._tail = b""
         self._tail_in_buffer = 0
+        self._write = None
+        self._scanner = None
 
     # -- the decoder ------------------------------------------------------------------
 
@@ -130,6 +141,34 @@ cdef class BodyPump:
             )
         if self._framing == CHUNKED and self._state != DONE:
             raise BodyFramingError("upstream closed in the middle of a chunked body")
+
+    # -- the express path -------------------------------------------------------------
+
+    def express(self, write, FrameScanner scanner not None, double last_byte):
+        """From now on pieces go to `write` as HTTP/1.1 chunks, fed to `scanner`, timed
+        from `last_byte` (the loop's clock), instead of to `deliver`."""
+        self._write = write
+        self._scanner = scanner
+        self._sent = 0
+        self._last_byte = last_byte
+        self._longest_silence = 0.0
+
+    def take_progress(self):
+        """(body bytes written since the last call, the last one's time, the longest
+        silence before one of them)."""
+        sent, self._sent = self._sent, 0
+        longest, self._longest_silence = self._longest_silence, 0.0
+        return sent, self._last_byte, longest
+
+    def rebase(self, double last_byte):
+        """The machine moved its last-byte time (silence while the client was paused
+        is not upstream's): silences count from there."""
+        self._last_byte = last_byte
+
+    def stop(self):
+        """The exchange is abandoned: nothing more goes anywhere, this read included."""
+        self._write = None
+        self._deliver = None
 
     # -- asyncio.BufferedProtocol -----------------------------------------------------
 
@@ -169,10 +208,36 @@ cdef class BodyPump:
 
     cdef int _give(self, const unsigned char* p, Py_ssize_t start, Py_ssize_t stop, Py_ssize_t n, object whole) except -1:
         """Deliver `p[start:stop]`: `whole` itself when that is all of it (no copy)."""
+        if self._write is not None:
+            return self._express(p + start, stop - start)
+        if self._deliver is None:  # stopped
+            return 0
         if whole is not None and start == 0 and stop == n:
             self._deliver(whole)
         else:
             self._deliver(PyBytes_FromStringAndSize(<const char*>p + start, stop - start))
+        return 0
+
+    cdef int _express(self, const unsigned char* p, Py_ssize_t n) except -1:
+        """One piece as one HTTP/1.1 chunk on the client transport: what
+        `StreamMachine.response_body` and `Http1Protocol.send_body` do for it."""
+        cdef char head[24]
+        cdef int head_len = snprintf(head, sizeof(head), "%zx\r\n", n)
+        cdef object chunk = PyBytes_FromStringAndSize(NULL, head_len + n + 2)
+        cdef char* out = PyBytes_AS_STRING(chunk)
+        memcpy(out, head, head_len)
+        memcpy(out + head_len, p, n)
+        out[head_len + n] = b"\r"
+        out[head_len + n + 1] = b"\n"
+        self._scanner.feed_c(p, n)
+        cdef timespec ts
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        cdef double now = ts.tv_sec + ts.tv_nsec * 1e-9
+        if now - self._last_byte > self._longest_silence:
+            self._longest_silence = now - self._last_byte
+        self._last_byte = now
+        self._sent += n
+        self._write(chunk)
         return 0
 
     cdef int _run(self, const unsigned char* p, Py_ssize_t n, object whole) except -1:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 #: What one read may bring (uvloop's own read buffer is as large).
 READ_SIZE = 256 * 1024
@@ -71,8 +71,22 @@ class BodyDecoder(Protocol):
         """Upstream closed: ends a close-delimited body, else raises BodyFramingError."""
         ...
 
+    def stop(self) -> None: ...
     def get_buffer(self, sizehint: int) -> memoryview: ...
     def buffer_updated(self, nbytes: int) -> None: ...
+
+
+@runtime_checkable
+class ExpressBody(Protocol):
+    """A decoder that can also do the stream's per-piece work itself (the Cython pump's
+    express path): scan, count, time and write each piece as an HTTP/1.1 chunk."""
+
+    def express(
+        self, write: Callable[[bytes], object], scanner: object, last_byte: float
+    ) -> None: ...
+
+    def take_progress(self) -> tuple[int, float, float]: ...
+    def rebase(self, last_byte: float) -> None: ...
 
 
 def body_framing(
@@ -118,6 +132,10 @@ _READ = bytearray(READ_SIZE)
 _READ_VIEW = memoryview(_READ)
 
 
+def _nowhere(data: bytes) -> None:
+    return
+
+
 class Pumped(asyncio.BufferedProtocol):
     """The asyncio `BufferedProtocol` face of a decoder (`feed` and `trailing` are the
     subclass's): reads go into the shared buffer, and then to `feed`."""
@@ -125,9 +143,14 @@ class Pumped(asyncio.BufferedProtocol):
     __slots__ = ()
     owner: PumpOwner | None
     trailing: bytes
+    _deliver: Deliver
 
     def feed(self, data: bytes) -> bool:
         raise NotImplementedError
+
+    def stop(self) -> None:
+        """The exchange is abandoned: nothing more is delivered, this read included."""
+        self._deliver = _nowhere
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return _READ_VIEW

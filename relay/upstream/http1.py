@@ -14,8 +14,14 @@ from typing import cast
 import h11
 
 from relay.core.errors import RelayError, upstream_failure
-from relay.core.exchange import MAX_RESPONSE_HEAD, ConnectionPool, Headers, ResponseSink
-from relay.upstream.body_decoder import BodyDecoder, BodyFramingError
+from relay.core.exchange import (
+    MAX_RESPONSE_HEAD,
+    ChunkWrite,
+    ConnectionPool,
+    Headers,
+    ResponseSink,
+)
+from relay.upstream.body_decoder import BodyDecoder, BodyFramingError, ExpressBody
 from relay.upstream.body_pump import body_decoder
 
 
@@ -36,6 +42,9 @@ class Http1Upstream(asyncio.Protocol):
         # Set from the response head to the end of its body, which it decodes instead of
         # h11; meanwhile it is the transport's protocol, and tells us what happens.
         self._body: BodyDecoder | None = None
+        # The body, while it does the stream's per-piece work itself (`express`), and
+        # after it ended, until the next exchange: the stream asks what it did.
+        self._express: ExpressBody | None = None
         self.closed = False
 
     # -- asyncio.Protocol -------------------------------------------------------------
@@ -104,6 +113,7 @@ class Http1Upstream(asyncio.Protocol):
         self._sink = sink
         self._method = method
         self._head_seen = False
+        self._express = None
         if has_body and all(name != b"content-length" for name, _ in headers):
             # A body of unknown length (HTTP/2, or chunked from the client): h11 would
             # take a request without framing headers as having none at all.
@@ -126,6 +136,8 @@ class Http1Upstream(asyncio.Protocol):
         """Close at once (never back to the pool): the exchange is abandoned."""
         self._sink = None
         self.closed = True
+        if self._body is not None:
+            self._body.stop()  # the rest of a read being decoded goes nowhere
         if self._transport is not None:
             self._transport.abort()
 
@@ -136,6 +148,26 @@ class Http1Upstream(asyncio.Protocol):
     def resume_reading(self) -> None:
         if self._transport is not None:
             self._transport.resume_reading()
+
+    # -- the express path (relay.core.exchange.ExpressUpstream) -----------------------
+
+    def express(self, write: ChunkWrite, scanner: object, last_byte: float) -> bool:
+        """Hand the body's per-piece work to the Cython pump, if that is what decodes it."""
+        body = self._body
+        if self.closed or not isinstance(body, ExpressBody):
+            return False
+        body.express(write, scanner, last_byte)
+        self._express = body
+        return True
+
+    def take_progress(self) -> tuple[int, float, float]:
+        """What the express path did since the last call (also once the body ended)."""
+        express = self._express
+        return (0, 0.0, 0.0) if express is None else express.take_progress()
+
+    def rebase(self, last_byte: float) -> None:
+        if self._express is not None:
+            self._express.rebase(last_byte)
 
     # -- internals --------------------------------------------------------------------
 

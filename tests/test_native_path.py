@@ -1,0 +1,80 @@
+"""The body pump's native path (relay/upstream/_bodypump.pyx, `express`): past the first
+bytes, an HTTP/1.1 upstream's body goes to a chunked HTTP/1.1 client with no Python per
+chunk. It must be indistinguishable from the Python path: the same bytes, keepalives
+where they belong, the same access-log record; and taken only where it applies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx2
+import pytest
+
+from tests.accesslog import stream_record
+from tests.clients import KEEPALIVE, raw_stream, script
+from tests.relayproc import RelayProcess
+from tests.simserver import SimServer
+from tests.test_metrics import scrape, value
+
+KA = 0.1
+NATIVE = "sse_relay_native_path_streams_total"
+SCRIPTS = {
+    "gaps mid-stream": script(gaps=[[2, 6 * KA], [5, 3 * KA]], text_deltas=6),
+    "thinking": script(thinking_deltas=20, text_deltas=3),
+    "bulk": script(bulk_bytes=600 * 1024),
+}
+
+
+@pytest.fixture(scope="module", params=["cython", "python"])
+def relay(sim: SimServer, request: pytest.FixtureRequest) -> Iterator[RelayProcess]:
+    env = {"SSE_RELAY_NO_EXTENSIONS": "1"} if request.param == "python" else {}
+    with RelayProcess(sim.url, keepalive=KA, env=env) as proc:
+        yield proc
+
+
+def _native_streams(relay: RelayProcess) -> float:
+    return value(scrape(relay), NATIVE)
+
+
+@pytest.mark.parametrize("headers", SCRIPTS.values(), ids=SCRIPTS.keys())
+def test_both_paths_relay_the_same_bytes_and_records(
+    sim: SimServer, relay: RelayProcess, headers: dict[str, str]
+) -> None:
+    native = relay.ready_line.find(b"body_pump=cython") >= 0
+    before = _native_streams(relay)
+    status, response_headers, relayed = raw_stream(relay.url, headers=headers)
+    _, _, direct = raw_stream(sim.url, headers=headers)
+    assert status == 200
+    assert relayed.replace(KEEPALIVE, b"") == direct
+    record = stream_record(relay, response_headers["request-id"])
+    assert record["bytes_out"] == len(direct)
+    assert record["events"] == direct.count(b"\n\n")
+    assert record["outcome"] == "completed"
+    if "gaps" in headers["x-sim-script"]:
+        # Keepalives during the gaps (on the native path: after it took over), and the
+        # longest silence seen, as the machine saw it on the Python path.
+        assert record["keepalives"] == relayed.count(KEEPALIVE) >= 5
+        assert 6 * KA * 0.8 <= record["longest_silence_s"] < 6 * KA * 3
+    assert _native_streams(relay) == before + (1 if native else 0)
+
+
+def test_http2_clients_keep_the_python_path(sim: SimServer, relay: RelayProcess) -> None:
+    before = _native_streams(relay)
+    with httpx2.Client(http1=False, http2=True, timeout=30) as client:
+        response = client.post(
+            relay.url + "/v1/messages",
+            content=b'{"stream": true}',
+            headers={"content-type": "application/json", **SCRIPTS["thinking"]},
+        )
+    assert response.http_version == "HTTP/2" and b"message_stop" in response.content
+    assert _native_streams(relay) == before
+
+
+def test_a_resumable_stream_keeps_the_python_path(sim: SimServer, relay: RelayProcess) -> None:
+    before = _native_streams(relay)
+    headers = {**SCRIPTS["thinking"], "relay-resumable": "1"}
+    status, response_headers, relayed = raw_stream(relay.url, headers=headers)
+    assert status == 200 and "relay-stream-id" in response_headers
+    assert relayed.endswith(b"\n\n")
+    assert _native_streams(relay) == before
