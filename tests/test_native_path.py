@@ -1,7 +1,8 @@
 """The body pump's native path (relay/upstream/_bodypump.pyx, `express`): past the first
 bytes, an HTTP/1.1 upstream's body goes to a chunked HTTP/1.1 client with no Python per
-chunk. It must be indistinguishable from the Python path: the same bytes, keepalives
-where they belong, the same access-log record; and taken only where it applies.
+chunk, or to an HTTP/2 stream in one call per chunk. It must be indistinguishable from
+the Python path: the same bytes, keepalives where they belong, the same access-log
+record; and taken only where it applies.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import httpx2
 import pytest
 
 from tests.accesslog import stream_record
-from tests.clients import KEEPALIVE, raw_stream, script
+from tests.clients import KEEPALIVE, STREAM_BODY, raw_stream, script
 from tests.relayproc import RelayProcess
 from tests.simserver import SimServer
 from tests.test_metrics import scrape, value
@@ -59,16 +60,28 @@ def test_both_paths_relay_the_same_bytes_and_records(
     assert _native_streams(relay) == before + (1 if native else 0)
 
 
-def test_http2_clients_keep_the_python_path(sim: SimServer, relay: RelayProcess) -> None:
+@pytest.mark.parametrize("headers", SCRIPTS.values(), ids=SCRIPTS.keys())
+def test_http2_clients_get_the_same_bytes_on_either_path(
+    sim: SimServer, relay: RelayProcess, headers: dict[str, str]
+) -> None:
+    native = relay.ready_line.find(b"body_pump=cython") >= 0
     before = _native_streams(relay)
-    with httpx2.Client(http1=False, http2=True, timeout=30) as client:
-        response = client.post(
+    with (
+        httpx2.Client(http1=False, http2=True, timeout=30) as client,
+        client.stream(
+            "POST",
             relay.url + "/v1/messages",
-            content=b'{"stream": true}',
-            headers={"content-type": "application/json", **SCRIPTS["thinking"]},
-        )
-    assert response.http_version == "HTTP/2" and b"message_stop" in response.content
-    assert _native_streams(relay) == before
+            content=STREAM_BODY,
+            headers={"content-type": "application/json", **headers},
+        ) as response,
+    ):
+        relayed = b"".join(response.iter_raw())
+    _, _, direct = raw_stream(sim.url, headers=headers)
+    assert response.http_version == "HTTP/2"
+    assert relayed.replace(KEEPALIVE, b"") == direct
+    record = stream_record(relay, response.headers["request-id"])
+    assert (record["bytes_out"], record["events"]) == (len(direct), direct.count(b"\n\n"))
+    assert _native_streams(relay) == before + (1 if native else 0)
 
 
 def test_a_resumable_stream_keeps_the_python_path(sim: SimServer, relay: RelayProcess) -> None:

@@ -84,26 +84,36 @@ class ClientSide(Protocol):
     def resume_request_body(self) -> None: ...
 
 
-#: A client transport's `write`.
-ChunkWrite = Callable[[bytes], object]
+#: Where the native path puts each piece of body (a transport's `write`, or a stream's
+#: `send_body`).
+BodyWrite = Callable[[bytes], object]
+
+
+@dataclass(frozen=True, slots=True)
+class BodyWriter:
+    """How a client side takes body pieces from the native path: `write` each, framed
+    as an HTTP/1.1 chunk first (`chunked`) or as they are."""
+
+    write: BodyWrite
+    chunked: bool
 
 
 @runtime_checkable
-class ChunkClient(Protocol):
-    """A client side whose response body goes out as HTTP/1.1 chunks on a transport."""
+class DirectClient(Protocol):
+    """A client side that can take body pieces from the native path."""
 
-    def chunk_writer(self) -> ChunkWrite | None:
-        """The transport's write, if this response's body is chunked, else None."""
+    def body_writer(self) -> BodyWriter | None:
+        """How, for this response; None if only `send_body` will do."""
         ...
 
 
 @runtime_checkable
 class ExpressUpstream(Protocol):
-    """An exchange that can write the body to such a client itself (the body pump's
-    express path, relay/upstream/_bodypump.pyx): scanning, counting and timing each
+    """An exchange that can hand the body to such a client itself (the body pump's
+    native path, relay/upstream/_bodypump.pyx): scanning, counting and timing each
     piece as `StreamMachine.response_body` would, which is then told in batches."""
 
-    def express(self, write: ChunkWrite, scanner: object, last_byte: float) -> bool: ...
+    def express(self, writer: BodyWriter, scanner: object, last_byte: float) -> bool: ...
     def take_progress(self) -> tuple[int, float, float]: ...
     def rebase(self, last_byte: float) -> None: ...
 

@@ -7,9 +7,9 @@ with the loop's time and carries out the actions it returns, in order. The per-c
 path is one machine call and one write.
 
 Once the first bytes are settled, an HTTP/1.1 upstream whose body the Cython pump
-decodes, relaying to a chunked HTTP/1.1 client, takes the per-chunk path over itself
-(`ExpressUpstream`): the machine is then told what it did before each of its other
-events (`_catch_up`), and no Python runs per chunk.
+decodes takes the per-chunk path over itself (`ExpressUpstream`), writing to the client
+as it says (`DirectClient`): the machine is then told what it did before each of its
+other events (`_catch_up`), and no Python of the core runs per chunk.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from collections.abc import Callable
 
 from relay.core.errors import RelayError, UpstreamLost
 from relay.core.exchange import (
-    ChunkClient,
     ClientSide,
+    DirectClient,
     ExpressUpstream,
     Headers,
     OpenUpstream,
@@ -210,10 +210,10 @@ class RelayStream:
             return  # the first bytes are not settled yet
         self._express_decided = True
         client, upstream = self._client, self._upstream
-        if not isinstance(client, ChunkClient) or not isinstance(upstream, ExpressUpstream):
+        if not isinstance(client, DirectClient) or not isinstance(upstream, ExpressUpstream):
             return
-        write = client.chunk_writer()
-        if write is not None and upstream.express(write, scanner, self._machine.last_byte):
+        writer = client.body_writer()
+        if writer is not None and upstream.express(writer, scanner, self._machine.last_byte):
             self._express = upstream
             self._metrics.native_path()
 

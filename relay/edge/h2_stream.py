@@ -13,7 +13,7 @@ import h2.connection
 import h2.exceptions
 from h2.errors import ErrorCodes
 
-from relay.core.exchange import EdgeStream, Headers
+from relay.core.exchange import BodyWriter, EdgeStream, Headers
 from relay.edge.h2_endpoint import SendQueue, send_queued
 
 
@@ -81,6 +81,10 @@ class H2ClientStream:
         self._pending.append(data)
         if len(self._pending) == 1:  # else a shut window holds the queue already
             self.push()
+
+    def body_writer(self) -> BodyWriter:
+        """The native path hands each piece to `send_body` (relay.core.exchange)."""
+        return BodyWriter(self.send_body, chunked=False)
 
     def send_end(self) -> None:
         self._ended = True

@@ -35,7 +35,7 @@ from aioquic.quic.events import (
 from aioquic.quic.stream import QuicStreamSender
 
 from relay.core.errors import BadRequest, HeadersTooLarge
-from relay.core.exchange import EdgeStream, Headers, RequestHead
+from relay.core.exchange import BodyWriter, EdgeStream, Headers, RequestHead
 from relay.core.headers import split_request_fields
 from relay.edge.context import EdgeContext
 from relay.edge.quic import QuicListener, QuicSession
@@ -141,6 +141,10 @@ class H3ClientStream:
             block += [(k, v) for k, v in headers if k not in _NOT_FORWARDED]
             self._owner.h3.send_headers(self.id, block)
             self._owner.session.schedule_transmit()
+
+    def body_writer(self) -> BodyWriter:
+        """The native path hands each piece to `send_body` (relay.core.exchange)."""
+        return BodyWriter(self.send_body, chunked=False)
 
     def send_body(self, data: bytes) -> None:
         owner = self._owner

@@ -26,7 +26,7 @@ from relay.core.errors import (
     error_response,
     new_request_id,
 )
-from relay.core.exchange import ChunkWrite, EdgeStream, Headers, RequestHead
+from relay.core.exchange import BodyWriter, EdgeStream, Headers, RequestHead
 from relay.core.headers import header_value
 from relay.edge.context import EdgeContext
 from relay.ops.access_log import redact_text
@@ -352,12 +352,12 @@ class Http1Protocol(asyncio.Protocol):
             # answers included); nor has one h11 already ended (204, 304).
             transport.writelines(self._h11.send_with_data_passthrough(h11.Data(data=data)) or ())
 
-    def chunk_writer(self) -> ChunkWrite | None:
+    def body_writer(self) -> BodyWriter | None:
         """`transport.write`, when the body goes out chunked: the body pump can then
-        write each piece as `send_body` would (relay.core.exchange.ChunkClient)."""
+        write each piece as `send_body` would (relay.core.exchange.DirectClient)."""
         if self._transport is None or not self._chunked:
             return None
-        return self._transport.write
+        return BodyWriter(self._transport.write, chunked=True)
 
     def send_end(self) -> None:
         self._stream = None

@@ -180,9 +180,9 @@ class RelayMetrics:
         )
         self._native = Counter(
             "sse_relay_native_path_streams",
-            "Streams whose body the Cython body pump wrote to the client itself, no Python "
-            "per chunk (HTTP/1.1 upstream and client, past the first bytes; README "
-            "Architecture)",
+            "Streams whose body the Cython body pump handed to the client itself past the "
+            "first bytes: no Python per chunk to an HTTP/1.1 client, one call to an HTTP/2 "
+            "or HTTP/3 one (HTTP/1.1 upstream; README Architecture)",
             registry=registry,
         )
         self._quic_dropped = Counter(

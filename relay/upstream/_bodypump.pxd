@@ -19,6 +19,7 @@ cdef class BodyPump:
     # The express path (`express`): the client transport's write, the stream's scanner,
     # and what the stream machine is told at its next event.
     cdef object _write
+    cdef bint _chunked  # `_write` takes HTTP/1.1 chunks, not bare pieces
     cdef FrameScanner _scanner
     cdef long long _sent
     cdef double _last_byte

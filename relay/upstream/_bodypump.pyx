@@ -8,10 +8,11 @@ reads straight into this module's buffer, one for the whole process, and
 and every read is handed over at once, so one buffer serves every connection; all a
 pump keeps between reads is an unfinished size or trailer line (`_tail`, rare).
 
-The express path (`express`, Cython only): once the stream's first bytes are settled
-and its client takes HTTP/1.1 chunks on a transport, each piece is scanned, counted,
-timed and written as a chunk from here, with no Python frame and one bytes object (the
-one the transport keeps); the stream machine reads the counts at its next event.
+The express path (`express`, Cython only): once the stream's first bytes are settled,
+each piece is scanned, counted, timed and handed to the client from here: written as a
+chunk to an HTTP/1.1 client's transport (no Python frame, one bytes object, the one the
+transport keeps), or passed to an HTTP/2 or HTTP/3 stream's `send_body` in one call.
+The stream machine reads the counts at its next event.
 
 Keep the two twins in step; tests/test_body_decoder.py runs both against h11.
 """
@@ -144,10 +145,11 @@ cdef class BodyPump:
 
     # -- the express path -------------------------------------------------------------
 
-    def express(self, write, FrameScanner scanner not None, double last_byte):
-        """From now on pieces go to `write` as HTTP/1.1 chunks, fed to `scanner`, timed
-        from `last_byte` (the loop's clock), instead of to `deliver`."""
+    def express(self, write, bint chunked, FrameScanner scanner not None, double last_byte):
+        """From now on pieces go to `write` (as HTTP/1.1 chunks if `chunked`), fed to
+        `scanner`, timed from `last_byte` (the loop's clock), instead of to `deliver`."""
         self._write = write
+        self._chunked = chunked
         self._scanner = scanner
         self._sent = 0
         self._last_byte = last_byte
@@ -219,16 +221,21 @@ cdef class BodyPump:
         return 0
 
     cdef int _express(self, const unsigned char* p, Py_ssize_t n) except -1:
-        """One piece as one HTTP/1.1 chunk on the client transport: what
-        `StreamMachine.response_body` and `Http1Protocol.send_body` do for it."""
+        """One piece to the client: what `StreamMachine.response_body` does for it, then
+        one HTTP/1.1 chunk on the transport (as `Http1Protocol.send_body` writes it) or
+        one call to the HTTP/2 or HTTP/3 stream's `send_body`. Everything is counted
+        before the write, which may call back into the stream (a pause)."""
         cdef char head[24]
-        cdef int head_len = snprintf(head, sizeof(head), "%zx\r\n", n)
-        cdef object chunk = PyBytes_FromStringAndSize(NULL, head_len + n + 2)
-        cdef char* out = PyBytes_AS_STRING(chunk)
+        cdef int head_len = 0
+        if self._chunked:
+            head_len = snprintf(head, sizeof(head), "%zx\r\n", n)
+        cdef object piece = PyBytes_FromStringAndSize(NULL, head_len + n + 2 * self._chunked)
+        cdef char* out = PyBytes_AS_STRING(piece)
         memcpy(out, head, head_len)
         memcpy(out + head_len, p, n)
-        out[head_len + n] = b"\r"
-        out[head_len + n + 1] = b"\n"
+        if self._chunked:
+            out[head_len + n] = b"\r"
+            out[head_len + n + 1] = b"\n"
         self._scanner.feed_c(p, n)
         cdef timespec ts
         clock_gettime(CLOCK_MONOTONIC, &ts)
@@ -237,7 +244,7 @@ cdef class BodyPump:
             self._longest_silence = now - self._last_byte
         self._last_byte = now
         self._sent += n
-        self._write(chunk)
+        self._write(piece)
         return 0
 
     cdef int _run(self, const unsigned char* p, Py_ssize_t n, object whole) except -1:

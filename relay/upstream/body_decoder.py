@@ -82,7 +82,7 @@ class ExpressBody(Protocol):
     express path): scan, count, time and write each piece as an HTTP/1.1 chunk."""
 
     def express(
-        self, write: Callable[[bytes], object], scanner: object, last_byte: float
+        self, write: Callable[[bytes], object], chunked: bool, scanner: object, last_byte: float
     ) -> None: ...
 
     def take_progress(self) -> tuple[int, float, float]: ...

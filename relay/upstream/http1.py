@@ -16,7 +16,7 @@ import h11
 from relay.core.errors import RelayError, upstream_failure
 from relay.core.exchange import (
     MAX_RESPONSE_HEAD,
-    ChunkWrite,
+    BodyWriter,
     ConnectionPool,
     Headers,
     ResponseSink,
@@ -151,12 +151,12 @@ class Http1Upstream(asyncio.Protocol):
 
     # -- the express path (relay.core.exchange.ExpressUpstream) -----------------------
 
-    def express(self, write: ChunkWrite, scanner: object, last_byte: float) -> bool:
+    def express(self, writer: BodyWriter, scanner: object, last_byte: float) -> bool:
         """Hand the body's per-piece work to the Cython pump, if that is what decodes it."""
         body = self._body
         if self.closed or not isinstance(body, ExpressBody):
             return False
-        body.express(write, scanner, last_byte)
+        body.express(writer.write, writer.chunked, scanner, last_byte)
         self._express = body
         return True
 
