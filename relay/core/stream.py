@@ -205,10 +205,12 @@ class RelayStream:
     def _try_express(self) -> None:
         """Once the first bytes are settled, hand the per-chunk work to the upstream
         exchange if it can do it for this client; either way, settled for this try."""
+        if self._machine.settling:
+            return
+        self._express_decided = True
         scanner = self._machine.express_scanner()
         if scanner is None:
-            return  # the first bytes are not settled yet
-        self._express_decided = True
+            return
         client, upstream = self._client, self._upstream
         if not isinstance(client, DirectClient) or not isinstance(upstream, ExpressUpstream):
             return

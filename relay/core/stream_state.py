@@ -153,9 +153,14 @@ class StreamState:
         """When upstream last sent body bytes (or a pause ended: its silence is ours)."""
         return self._last_byte
 
+    @property
+    def settling(self) -> bool:
+        """An event stream's first bytes are not settled yet (`_start_of_body`)."""
+        return self._scanner is not None and self._at_start
+
     def express_scanner(self) -> FrameScanner | None:
-        """The scanner, once `response_body` has nothing left to do but scan, count and
-        time (the first bytes are settled, upstream is open): its work may then move to
+        """The scanner, when `response_body` has nothing left to do but scan, count and
+        time (an event stream past `settling`, upstream open): its work may then move to
         the body pump's express path, which reports with `express_progress`."""
         if self._at_start or self._finished or self.upstream is not Upstream.OPEN:
             return None
