@@ -21,6 +21,7 @@ _OTHER_KERNEL = "kernel: other (timers, scheduling, interrupts, other syscalls)"
 # User space, by the shared object the sample's innermost frame is in.
 _PYTHON = "Python interpreter (the relay's Python code)"
 _SCANNER = "SSE scanner (Cython)"
+_PUMP = "body pump and native path (Cython)"
 _LOOP = "event loop (uvloop, libuv)"
 _NGINX = "nginx's own code"
 _LIBC = "libc (copies, allocation)"
@@ -33,6 +34,7 @@ ORDER = (
     _OTHER_KERNEL,
     _PYTHON,
     _SCANNER,
+    _PUMP,
     _LOOP,
     _NGINX,
     _LIBC,
@@ -60,6 +62,8 @@ def bucket(stack: list[Frame]) -> str:
         return _PYTHON
     if name.startswith("_fastsse"):
         return _SCANNER
+    if name.startswith("_bodypump"):
+        return _PUMP
     if "uvloop" in leaf_dso:
         return _LOOP
     if name == "nginx":

@@ -236,7 +236,8 @@ def test_cpu_split_per_event() -> None:
     assert user_kernel_us({"cpu_s_per_mevent": 20.0}) is None
 
 
-# `perf script -F ip,sym,dso` with call chains: a writev, a read, Python, the scanner.
+# `perf script -F ip,sym,dso` with call chains: a writev, a read, Python, the scanner,
+# the body pump.
 _PERF_SCRIPT = """
 \tffffffff81a0 tcp_sendmsg+0x1 ([kernel.kallsyms])
 \tffffffff8100 entry_SYSCALL_64_after_hwframe+0x4b ([kernel.kallsyms])
@@ -250,6 +251,9 @@ _PERF_SCRIPT = """
 
 \t7f40 __pyx_f_feed+0x5 (/work/relay/_fastsse.cpython-311-x86_64-linux-gnu.so)
 \t7f30 _PyEval_EvalFrameDefault+0x99 (/usr/lib/libpython3.11.so.1.0)
+
+\t7f50 __pyx_f_BodyPump__run+0x5 (/work/relay/upstream/_bodypump.cpython-311-x86_64-linux-gnu.so)
+\t7f10 uv__read+0x20 (/venv/uvloop/loop.cpython-311-x86_64-linux-gnu.so)
 """
 
 
@@ -260,6 +264,7 @@ def test_perf_samples_are_sorted_by_syscall_and_code() -> None:
         "kernel: read from sockets": 1,
         "Python interpreter": 1,
         "SSE scanner": 1,
+        "body pump and native path": 1,
     }
 
 
