@@ -13,7 +13,7 @@ from dataclasses import replace
 from typing import Protocol
 
 from relay.core.event_ids import EventIdWriter, takes_event_ids
-from relay.core.exchange import ClientSide, Headers
+from relay.core.exchange import BodyWriter, ClientSide, Headers
 from relay.core.journal import Ending, Journal
 from relay.core.stream_record import StreamRecord
 
@@ -107,6 +107,11 @@ class ResumableClient:
             self.mirror.body(data)
         if self.client is not None:
             self.client.send_body(data)
+
+    def body_writer(self) -> BodyWriter:
+        """The native path hands each piece to `send_body`, journal and all
+        (relay.core.exchange.DirectClient)."""
+        return BodyWriter(self.send_body, chunked=False)
 
     def send_end(self) -> None:
         self._ended(Ending.END)

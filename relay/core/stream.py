@@ -143,6 +143,7 @@ class RelayStream:
         if resumable is not None and resumable.resumable:
             resumable.detach(self._loop.time())
             self._run(self._machine.client_detached(self._loop.time()))
+            self._rebase()  # a pause the client left in has ended
         else:
             self._run(self._machine.client_gone(self._loop.time()))
 
@@ -150,6 +151,7 @@ class RelayStream:
         """A resume: `client` takes the stream over from body byte `offset`; the bytes
         replayed, or None if that offset cannot be served."""
         assert self._resumable is not None
+        self._catch_up()
         replayed = self._resumable.attach(client, offset, self._loop.time())
         if replayed is not None and not self._machine.finished:
             self._run(self._machine.client_attached(self._loop.time()))
@@ -170,8 +172,7 @@ class RelayStream:
     def on_client_resumed(self) -> None:
         self._catch_up()
         self._run(self._machine.client_resumed(self._loop.time()))
-        if self._express is not None:
-            self._express.rebase(self._machine.last_byte)
+        self._rebase()
 
     # -- from upstream ----------------------------------------------------------------
 
@@ -218,6 +219,12 @@ class RelayStream:
         if writer is not None and upstream.express(writer, scanner, self._machine.last_byte):
             self._express = upstream
             self._metrics.native_path()
+
+    def _rebase(self) -> None:
+        """The machine moved its last-byte time (a pause ended): the express path's
+        silences count from there too."""
+        if self._express is not None:
+            self._express.rebase(self._machine.last_byte)
 
     def _catch_up(self) -> None:
         """Tell the machine what the express path did, before it decides anything."""

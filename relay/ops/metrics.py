@@ -182,7 +182,8 @@ class RelayMetrics:
             "sse_relay_native_path_streams",
             "Streams whose body the Cython body pump handed to the client itself past the "
             "first bytes: no Python per chunk to an HTTP/1.1 client, one call to an HTTP/2 "
-            "or HTTP/3 one (HTTP/1.1 upstream; README Architecture)",
+            "or HTTP/3 one or a resumable stream's journal (HTTP/1.1 upstream; README "
+            "Architecture)",
             registry=registry,
         )
         self._quic_dropped = Counter(
