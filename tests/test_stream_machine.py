@@ -157,6 +157,30 @@ def test_a_retried_status_waits_at_least_what_retry_after_asks() -> None:
         assert SendHead not in kinds(actions)  # nothing reached the client
 
 
+def test_the_native_path_reports_in_batches_and_decides_as_the_python_path() -> None:
+    """The body pump scans, counts and times pieces itself (relay/core/stream.py
+    `_catch_up`): the machine learns it before its next event and decides the same."""
+    stream = machine()
+    opened(stream)
+    stream.response_head(200, SSE_HEAD, 0.1)
+    assert stream.settling and stream.express_scanner() is None
+    body = messages_stream()
+    assert stream.response_body(body[:10], 0.2) == body[:10]  # the first bytes settle
+    scanner = stream.express_scanner()
+    assert scanner is not None and not stream.settling
+    # What the pump did: the rest of the body, scanned, its last byte at 0.9 after a
+    # 0.7 s silence.
+    scanner.feed(body[10:])
+    stream.express_progress(len(body) - 10, 0.9, 0.7)
+    assert stream.last_byte == 0.9
+    assert stream.tick(1.2) == [ArmTimer(1.9)]  # not quiet for an interval since 0.9
+    assert stream.tick(1.95) == [SendKeepalive(COMMENT_FRAME), ArmTimer(2.95)]
+    record = finish(stream.response_end(2.0)).record
+    assert record.bytes_out == len(body) and record.events == body.count(b"\n\n")
+    assert record.longest_silence == pytest.approx(1.1)  # 0.9 -> 2.0, the end
+    assert record.outcome is Outcome.COMPLETED
+
+
 def test_a_mid_stream_death_ends_with_one_error_frame() -> None:
     stream = machine()
     opened(stream)

@@ -130,9 +130,11 @@ class RelayStream:
     # -- from the client adapter ------------------------------------------------------
 
     def on_request_body(self, data: bytes) -> None:
+        self._catch_up()  # a body may still come in while the response goes out
         self._run(self._machine.request_body(data, self._loop.time()))
 
     def on_request_end(self) -> None:
+        self._catch_up()
         self._run(self._machine.request_end(self._loop.time()))
 
     def on_client_gone(self) -> None:
