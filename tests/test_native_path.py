@@ -9,6 +9,7 @@ record; and taken only where it applies.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import httpx2
 import pytest
@@ -35,17 +36,22 @@ def relay(sim: SimServer, request: pytest.FixtureRequest) -> Iterator[RelayProce
         yield proc
 
 
-def _native_streams(relay: RelayProcess) -> float:
-    return value(scrape(relay), NATIVE)
+@contextmanager
+def one_stream_on_its_path(relay: RelayProcess) -> Iterator[None]:
+    """The block's one stream took the native path on the Cython relay, the Python
+    path on the twin."""
+    native = b"body_pump=cython" in relay.ready_line
+    before = value(scrape(relay), NATIVE)
+    yield
+    assert value(scrape(relay), NATIVE) == before + (1 if native else 0)
 
 
 @pytest.mark.parametrize("headers", SCRIPTS.values(), ids=SCRIPTS.keys())
 def test_both_paths_relay_the_same_bytes_and_records(
     sim: SimServer, relay: RelayProcess, headers: dict[str, str]
 ) -> None:
-    native = relay.ready_line.find(b"body_pump=cython") >= 0
-    before = _native_streams(relay)
-    status, response_headers, relayed = raw_stream(relay.url, headers=headers)
+    with one_stream_on_its_path(relay):
+        status, response_headers, relayed = raw_stream(relay.url, headers=headers)
     _, _, direct = raw_stream(sim.url, headers=headers)
     assert status == 200
     assert relayed.replace(KEEPALIVE, b"") == direct
@@ -58,16 +64,14 @@ def test_both_paths_relay_the_same_bytes_and_records(
         # longest silence seen, as the machine saw it on the Python path.
         assert record["keepalives"] == relayed.count(KEEPALIVE) >= 5
         assert 6 * KA * 0.8 <= record["longest_silence_s"] < 6 * KA * 3
-    assert _native_streams(relay) == before + (1 if native else 0)
 
 
 @pytest.mark.parametrize("headers", SCRIPTS.values(), ids=SCRIPTS.keys())
 def test_http2_clients_get_the_same_bytes_on_either_path(
     sim: SimServer, relay: RelayProcess, headers: dict[str, str]
 ) -> None:
-    native = relay.ready_line.find(b"body_pump=cython") >= 0
-    before = _native_streams(relay)
     with (
+        one_stream_on_its_path(relay),
         httpx2.Client(http1=False, http2=True, timeout=30) as client,
         client.stream(
             "POST",
@@ -82,16 +86,14 @@ def test_http2_clients_get_the_same_bytes_on_either_path(
     assert relayed.replace(KEEPALIVE, b"") == direct
     record = stream_record(relay, response.headers["request-id"])
     assert (record["bytes_out"], record["events"]) == (len(direct), direct.count(b"\n\n"))
-    assert _native_streams(relay) == before + (1 if native else 0)
 
 
 def test_a_resumable_stream_takes_it_through_its_journal(
     sim: SimServer, relay: RelayProcess
 ) -> None:
-    native = relay.ready_line.find(b"body_pump=cython") >= 0
-    before = _native_streams(relay)
     headers = {**SCRIPTS["gaps mid-stream"], "relay-resumable": "1"}
-    status, response_headers, relayed = raw_stream(relay.url, headers=headers)
+    with one_stream_on_its_path(relay):
+        status, response_headers, relayed = raw_stream(relay.url, headers=headers)
     _, _, direct = raw_stream(sim.url, headers=SCRIPTS["gaps mid-stream"])
     assert status == 200 and "relay-stream-id" in response_headers
     assert relayed.replace(KEEPALIVE, b"") == direct
@@ -101,4 +103,3 @@ def test_a_resumable_stream_takes_it_through_its_journal(
     with httpx2.Client(timeout=30) as client:
         resumed = client.get(f"{relay.url}/relay/v1/streams/{stream_id}?offset=0")
     assert resumed.status_code == 200 and resumed.content == relayed
-    assert _native_streams(relay) == before + (1 if native else 0)
