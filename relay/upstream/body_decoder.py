@@ -79,7 +79,8 @@ class BodyDecoder(Protocol):
 @runtime_checkable
 class ExpressBody(Protocol):
     """A decoder that can also do the stream's per-piece work itself (the Cython pump's
-    express path): scan, count, time and write each piece as an HTTP/1.1 chunk."""
+    express path): scan, count and time each piece, then `write` it, framed as an
+    HTTP/1.1 chunk if `chunked`."""
 
     def express(
         self, write: Callable[[bytes], object], chunked: bool, scanner: object, last_byte: float
