@@ -16,6 +16,7 @@ NODE_STAMP := $(NODE_DIR)/node_modules/.installed
 .PHONY: install run sim demo demo-resume dist test lint system-deps node-install bench bench-quick bench-profile clean
 
 $(STAMP): pyproject.toml setup.py relay/sse/_fastsse.pyx relay/sse/_fastsse.pxd \
+		relay/core/_journal.pyx relay/core/_journal.pxd \
 		relay/upstream/_bodypump.pyx relay/upstream/_bodypump.pxd
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip setuptools wheel

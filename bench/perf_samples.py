@@ -62,7 +62,7 @@ def bucket(stack: list[Frame]) -> str:
         return _PYTHON
     if name.startswith("_fastsse"):
         return _SCANNER
-    if name.startswith("_bodypump"):
+    if name.startswith(("_bodypump", "_journal")):  # the arena is the native path's
         return _PUMP
     if "uvloop" in leaf_dso:
         return _LOOP

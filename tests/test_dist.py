@@ -36,7 +36,7 @@ def test_executable_reports_the_cython_scanner(executable: Path) -> None:
 def test_executable_relays_a_stream_with_keepalives(executable: Path, sim: SimServer) -> None:
     gap = script(gaps=[[3, 0.5]])
     with RelayProcess(sim.url, keepalive=0.1, command=[str(executable)]) as relay:
-        assert b"scanner=cython body_pump=cython" in relay.ready_line
+        assert b"scanner=cython body_pump=cython journal=cython" in relay.ready_line
         status, _, relayed = raw_stream(relay.url, headers=gap)
         # prometheus_client made it into the binary, and the admin listener serves it.
         metrics = httpx2.get(relay.admin_url + "/metrics", timeout=10).text

@@ -1,9 +1,9 @@
 """The body pump's native path (relay/upstream/_bodypump.pyx, `express`): past the first
 bytes, an HTTP/1.1 upstream's body goes to a chunked HTTP/1.1 client with no Python per
-chunk, or to an HTTP/2 stream or a resumable stream's journal in one call per chunk.
-It must be indistinguishable from
-the Python path: the same bytes, keepalives where they belong, the same access-log
-record; and taken only where it applies.
+chunk, or to an HTTP/2 stream in one call per chunk; a resumable stream's journal
+takes each chunk with a `memcpy`. It must be indistinguishable from the Python path:
+the same bytes, keepalives where they belong, the same access-log record; and taken
+only where it applies.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from tests.clients import KEEPALIVE, STREAM_BODY, raw_stream, script
 from tests.relayproc import RelayProcess
 from tests.simserver import SimServer
 from tests.test_metrics import scrape, value
+from tests.test_resume import PartialStream, resume
 
 KA = 0.1
 NATIVE = "sse_relay_native_path_streams_total"
@@ -103,3 +104,23 @@ def test_a_resumable_stream_takes_it_through_its_journal(
     with httpx2.Client(timeout=30) as client:
         resumed = client.get(f"{relay.url}/relay/v1/streams/{stream_id}?offset=0")
     assert resumed.status_code == 200 and resumed.content == relayed
+
+
+@pytest.mark.parametrize("http2", [False, True], ids=["resumed-http1.1", "resumed-http2"])
+def test_a_resumable_stream_cut_mid_stream_resumes_from_its_byte(
+    sim: SimServer, relay: RelayProcess, http2: bool
+) -> None:
+    """Cut while the native path writes to the first connection; journaled while
+    detached (in a gap); the resumer gets the journal from its byte, then the live tail
+    through the pump, which now writes to it."""
+    gap = script(gaps=[[3, 1.0]], text_deltas=8)
+    _, _, direct = raw_stream(sim.url, headers=gap)
+    with one_stream_on_its_path(relay):
+        first = PartialStream(relay.port, {**gap, "relay-resumable": "1", "x-api-key": "k"})
+        first.read_until(300)
+        have = bytes(first.body)
+        first.cut()
+        stream_id = first.headers[b"relay-stream-id"].decode()
+        answer = resume(relay.url, stream_id, len(have), key="k", http1=not http2, http2=http2)
+    assert answer.status_code == 200
+    assert (have + answer.content).replace(KEEPALIVE, b"") == direct

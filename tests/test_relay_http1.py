@@ -41,6 +41,7 @@ def relay(sim: SimServer, request: pytest.FixtureRequest) -> Iterator[RelayProce
     env = {"SSE_RELAY_NO_EXTENSIONS": "1"} if request.param == "python" else {}
     with RelayProcess(sim.url, keepalive=KA, env=env) as proc:
         assert f"scanner={request.param} body_pump={request.param}".encode() in proc.ready_line
+        assert f"journal={request.param}".encode() in proc.ready_line
         yield proc
 
 

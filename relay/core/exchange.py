@@ -13,6 +13,7 @@ from typing import Protocol, runtime_checkable
 
 from relay.core.body_policy import BodyPolicy
 from relay.core.errors import RelayError
+from relay.core.journal import Journal
 from relay.core.providers import Provider
 from relay.core.retry import RetryPolicy
 
@@ -92,10 +93,12 @@ BodyWrite = Callable[[bytes], object]
 @dataclass(frozen=True, slots=True)
 class BodyWriter:
     """How a client side takes body pieces from the native path: `write` each, framed
-    as an HTTP/1.1 chunk first (`chunked`) or as they are."""
+    as an HTTP/1.1 chunk first (`chunked`) or as they are; and for a resumable stream,
+    copy each into `journal` first (`write` is None while no client is attached)."""
 
-    write: BodyWrite
+    write: BodyWrite | None
     chunked: bool
+    journal: Journal | None = None
 
 
 @runtime_checkable
@@ -114,6 +117,10 @@ class ExpressUpstream(Protocol):
     piece as `StreamMachine.response_body` would, which is then told in batches."""
 
     def express(self, writer: BodyWriter, scanner: object, last_byte: float) -> bool: ...
+    def redirect(self, writer: BodyWriter) -> None:
+        """The pieces go to `writer` from now on (a resumable stream changed clients)."""
+        ...
+
     def take_progress(self) -> tuple[int, float, float]: ...
     def rebase(self, last_byte: float) -> None: ...
 

@@ -13,7 +13,7 @@ from dataclasses import replace
 from typing import Protocol
 
 from relay.core.event_ids import EventIdWriter, takes_event_ids
-from relay.core.exchange import BodyWriter, ClientSide, Headers
+from relay.core.exchange import BodyWriter, ClientSide, DirectClient, Headers
 from relay.core.journal import Ending, Journal
 from relay.core.stream_record import StreamRecord
 
@@ -109,8 +109,18 @@ class ResumableClient:
             self.client.send_body(data)
 
     def body_writer(self) -> BodyWriter:
-        """The native path hands each piece to `send_body`, journal and all
-        (relay.core.exchange.DirectClient)."""
+        """Where the native path puts each piece (relay.core.exchange.DirectClient):
+        into the journal's arena and to the attached client's own writer (or nowhere
+        while none is), as `send_body` would, when no piece needs Python: no shared
+        journal's copy, no `id:` lines, a client that takes pieces directly. Otherwise
+        to `send_body`. The stream asks again whenever its client changes."""
+        if self.mirror is None and self._event_ids is None:
+            client = self.client
+            if client is None:
+                return BodyWriter(None, chunked=False, journal=self.journal)
+            direct = client.body_writer() if isinstance(client, DirectClient) else None
+            if direct is not None:
+                return BodyWriter(direct.write, direct.chunked, self.journal)
         return BodyWriter(self.send_body, chunked=False)
 
     def send_end(self) -> None:
@@ -180,8 +190,8 @@ class ResumableClient:
         if self.mirror is not None:
             self.mirror.attached(client)
         client.send_head(*self._head)
-        for chunk in replay:
-            client.send_body(chunk)
+        if replay:
+            client.send_body(replay)
         ending = self.journal.ending
         if ending is Ending.END:
             client.send_end()
@@ -189,4 +199,4 @@ class ResumableClient:
             client.abort()
         else:
             self.client = client
-        return sum(len(chunk) for chunk in replay)
+        return len(replay)

@@ -144,6 +144,7 @@ class RelayStream:
         resumable = self._resumable
         if resumable is not None and resumable.resumable:
             resumable.detach(self._loop.time())
+            self._redirect()
             self._run(self._machine.client_detached(self._loop.time()))
             self._rebase()  # a pause the client left in has ended
         else:
@@ -155,6 +156,8 @@ class RelayStream:
         assert self._resumable is not None
         self._catch_up()
         replayed = self._resumable.attach(client, offset, self._loop.time())
+        if replayed is not None:
+            self._redirect()
         if replayed is not None and not self._machine.finished:
             self._run(self._machine.client_attached(self._loop.time()))
         return replayed
@@ -221,6 +224,12 @@ class RelayStream:
         if writer is not None and upstream.express(writer, scanner, self._machine.last_byte):
             self._express = upstream
             self._metrics.native_path()
+
+    def _redirect(self) -> None:
+        """A resumable stream's client changed (it left, or a resume took the stream
+        over): the express path writes where the stream's client side now says."""
+        if self._express is not None and self._resumable is not None:
+            self._express.redirect(self._resumable.body_writer())
 
     def _rebase(self) -> None:
         """The machine moved its last-byte time (a pause ended): the express path's

@@ -10,6 +10,7 @@ import signal
 import ssl
 
 from relay import __version__
+from relay.core.journal import IMPLEMENTATION as JOURNAL
 from relay.core.registry import StreamRegistry
 from relay.core.resume_store import ResumeLimits, ResumeStore
 from relay.edge.context import EdgeContext
@@ -170,7 +171,8 @@ async def serve(config: RelayConfig, worker_id: int | None = None) -> None:
     _tune_garbage_collector()
     print(
         f"sse-relay {__version__} listening on {' '.join(addresses)} "
-        f"upstream={config.upstreams[0].url} scanner={IMPLEMENTATION} body_pump={PUMP}",
+        f"upstream={config.upstreams[0].url} scanner={IMPLEMENTATION} body_pump={PUMP} "
+        f"journal={JOURNAL}",
         flush=True,
     )
     try:

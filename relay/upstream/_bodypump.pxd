@@ -1,6 +1,7 @@
 # Declarations of the Cython body pump (relay/upstream/_bodypump.pyx): its state as
 # typed C fields, so that a Cython module can `cimport` it and drive it without Python.
 
+from relay.core._journal cimport Journal
 from relay.sse._fastsse cimport FrameScanner
 
 
@@ -16,9 +17,11 @@ cdef class BodyPump:
     cdef Py_ssize_t _trailer_left
     cdef bytes _tail  # an unfinished size or trailer line (or CR) from the last read
     cdef Py_ssize_t _tail_in_buffer  # of `_tail`, copied to the read buffer's start
-    # The express path (`express`): the client transport's write, the stream's scanner,
-    # and what the stream machine is told at its next event.
+    # The express path (`express`, on while `_scanner` is set): the client transport's
+    # write (None while a resumable stream has no client), the stream's scanner, its
+    # journal if it is resumable, and what the stream machine is told at its next event.
     cdef object _write
+    cdef Journal _journal
     cdef bint _chunked  # `_write` takes HTTP/1.1 chunks, not bare pieces
     cdef FrameScanner _scanner
     cdef long long _sent

@@ -12,6 +12,8 @@ The express path (`express`, Cython only): once the stream's first bytes are set
 each piece is scanned, counted, timed and handed to the client from here: written as a
 chunk to an HTTP/1.1 client's transport (no Python frame, one bytes object, the one the
 transport keeps), or passed to an HTTP/2 or HTTP/3 stream's `send_body` in one call.
+A resumable stream's piece is first copied into its journal's arena
+(relay/core/_journal.pyx, a `memcpy`), and goes to no client while none is attached.
 The stream machine reads the counts at its next event.
 
 Keep the two twins in step; tests/test_body_decoder.py runs both against h11.
@@ -23,6 +25,7 @@ from libc.stdio cimport snprintf
 from libc.string cimport memchr, memcpy
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
+from relay.core._journal cimport Journal
 from relay.sse._fastsse cimport FrameScanner
 
 from relay.upstream.body_decoder import BodyFramingError, body_framing
@@ -120,6 +123,7 @@ cdef class BodyPump:
         self._tail = b""
         self._tail_in_buffer = 0
         self._write = None
+        self._journal = None
         self._scanner = None
 
     # -- the decoder ------------------------------------------------------------------
@@ -145,15 +149,25 @@ cdef class BodyPump:
 
     # -- the express path -------------------------------------------------------------
 
-    def express(self, write, bint chunked, FrameScanner scanner not None, double last_byte):
-        """From now on pieces go to `write` (as HTTP/1.1 chunks if `chunked`), fed to
-        `scanner`, timed from `last_byte` (the loop's clock), instead of to `deliver`."""
-        self._write = write
-        self._chunked = chunked
+    def express(
+        self, write, bint chunked, FrameScanner scanner not None, double last_byte,
+        Journal journal=None,
+    ):
+        """From now on pieces are fed to `scanner`, timed from `last_byte` (the loop's
+        clock), copied into `journal` if given, and go to `write` (as HTTP/1.1 chunks
+        if `chunked`; nowhere if None) instead of to `deliver`."""
+        self.redirect(write, chunked, journal)
         self._scanner = scanner
         self._sent = 0
         self._last_byte = last_byte
         self._longest_silence = 0.0
+
+    def redirect(self, write, bint chunked, Journal journal=None):
+        """Pieces go to `write` and `journal` from now on (a resumable stream's client
+        left, or a resume took the stream over)."""
+        self._write = write
+        self._chunked = chunked
+        self._journal = journal
 
     def take_progress(self):
         """(body bytes written since the last call, the last one's time, the longest
@@ -169,7 +183,9 @@ cdef class BodyPump:
 
     def stop(self):
         """The exchange is abandoned: nothing more goes anywhere, this read included."""
+        self._scanner = None
         self._write = None
+        self._journal = None
         self._deliver = None
 
     # -- asyncio.BufferedProtocol -----------------------------------------------------
@@ -210,7 +226,7 @@ cdef class BodyPump:
 
     cdef int _give(self, const unsigned char* p, Py_ssize_t start, Py_ssize_t stop, Py_ssize_t n, object whole) except -1:
         """Deliver `p[start:stop]`: `whole` itself when that is all of it (no copy)."""
-        if self._write is not None:
+        if self._scanner is not None:
             return self._express(p + start, stop - start)
         if self._deliver is None:  # stopped
             return 0
@@ -221,10 +237,23 @@ cdef class BodyPump:
         return 0
 
     cdef int _express(self, const unsigned char* p, Py_ssize_t n) except -1:
-        """One piece to the client: what `StreamMachine.response_body` does for it, then
-        one HTTP/1.1 chunk on the transport (as `Http1Protocol.send_body` writes it) or
-        one call to the HTTP/2 or HTTP/3 stream's `send_body`. Everything is counted
-        before the write, which may call back into the stream (a pause)."""
+        """One piece to the client: what `StreamMachine.response_body` does for it, the
+        journal's copy (`ResumableClient.send_body`'s), then one HTTP/1.1 chunk on the
+        transport (as `Http1Protocol.send_body` writes it) or one call to the HTTP/2 or
+        HTTP/3 stream's `send_body`. Everything is counted before the write, which may
+        call back into the stream (a pause)."""
+        self._scanner.feed_c(p, n)
+        cdef timespec ts
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        cdef double now = ts.tv_sec + ts.tv_nsec * 1e-9
+        if now - self._last_byte > self._longest_silence:
+            self._longest_silence = now - self._last_byte
+        self._last_byte = now
+        self._sent += n
+        if self._journal is not None:
+            self._journal.append_c(p, n)
+        if self._write is None:
+            return 0  # a resumable stream with no client attached
         cdef char head[24]
         cdef int head_len = 0
         if self._chunked:
@@ -236,14 +265,6 @@ cdef class BodyPump:
         if self._chunked:
             out[head_len + n] = b"\r"
             out[head_len + n + 1] = b"\n"
-        self._scanner.feed_c(p, n)
-        cdef timespec ts
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        cdef double now = ts.tv_sec + ts.tv_nsec * 1e-9
-        if now - self._last_byte > self._longest_silence:
-            self._longest_silence = now - self._last_byte
-        self._last_byte = now
-        self._sent += n
         self._write(piece)
         return 0
 

@@ -79,11 +79,21 @@ class BodyDecoder(Protocol):
 @runtime_checkable
 class ExpressBody(Protocol):
     """A decoder that can also do the stream's per-piece work itself (the Cython pump's
-    express path): scan, count and time each piece, then `write` it, framed as an
-    HTTP/1.1 chunk if `chunked`."""
+    express path): scan, count and time each piece, copy it into `journal` if there is
+    one, then `write` it (if there is a writer), framed as an HTTP/1.1 chunk if
+    `chunked`."""
 
     def express(
-        self, write: Callable[[bytes], object], chunked: bool, scanner: object, last_byte: float
+        self,
+        write: Callable[[bytes], object] | None,
+        chunked: bool,
+        scanner: object,
+        last_byte: float,
+        journal: object = None,
+    ) -> None: ...
+
+    def redirect(
+        self, write: Callable[[bytes], object] | None, chunked: bool, journal: object = None
     ) -> None: ...
 
     def take_progress(self) -> tuple[int, float, float]: ...

@@ -156,9 +156,13 @@ class Http1Upstream(asyncio.Protocol):
         body = self._body
         if self.closed or not isinstance(body, ExpressBody):
             return False
-        body.express(writer.write, writer.chunked, scanner, last_byte)
+        body.express(writer.write, writer.chunked, scanner, last_byte, writer.journal)
         self._express = body
         return True
+
+    def redirect(self, writer: BodyWriter) -> None:
+        if self._express is not None:
+            self._express.redirect(writer.write, writer.chunked, writer.journal)
 
     def take_progress(self) -> tuple[int, float, float]:
         """What the express path did since the last call (also once the body ended)."""
