@@ -8,8 +8,19 @@ from pathlib import Path
 import pytest
 import trustme
 
+from tests import dist_build
 from tests.relayproc import RelayProcess
 from tests.simserver import SimServer
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """The single-file build starts now, beside the tests, if test_dist.py will run."""
+    if any(item.path.name == "test_dist.py" for item in session.items):
+        dist_build.start()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    dist_build.stop()
 
 
 @pytest.fixture(autouse=True)

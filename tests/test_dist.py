@@ -3,27 +3,21 @@
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2
 import pytest
 
+from tests import dist_build
 from tests.clients import raw_stream, script
-from tests.relayproc import REPO, RelayProcess
+from tests.relayproc import RelayProcess
 from tests.simserver import SimServer
 
 
 @pytest.fixture(scope="module")
-def executable(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    out = tmp_path_factory.mktemp("dist")
-    subprocess.run(
-        [str(REPO / "scripts" / "build-dist.sh"), str(out)],
-        check=True,
-        capture_output=True,
-        timeout=600,
-    )
-    yield out / "sse-relay"
+def executable() -> Path:
+    """Built once, beside the session's earlier tests (tests/dist_build.py)."""
+    return dist_build.started().executable()
 
 
 def test_executable_reports_the_cython_scanner(executable: Path) -> None:

@@ -12,7 +12,7 @@ attached there (`:r`), which keeps the stream from ending at its grace period li
 client here would, and a cancel (`:c`).
 
 If Redis cannot be reached, streams relay as before and stay resumable on this instance;
-the batches wait (they hold the same bytes objects as the in-memory journal) and are
+the batches wait (they hold the bytes objects the client was written) and are
 sent when Redis is back, or dropped with the mirror once it has waited `max_bytes`.
 """
 

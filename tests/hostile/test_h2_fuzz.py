@@ -14,7 +14,7 @@ of a path starting with "/"); and afterwards the relay relays a normal stream by
 with its fd count flat and no Traceback in its stderr.
 
 HOSTILE_SEED picks the run (default fixed; it is printed, and named in failures) and
-HOSTILE_FUZZ_SECONDS its length (default 15 s).
+HOSTILE_FUZZ_SECONDS its length (default 10 s).
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ from tests.relayproc import RelayProcess
 from tests.simserver import SimServer
 
 SEED = int(os.environ.get("HOSTILE_SEED", "20240607"))
-SECONDS = float(os.environ.get("HOSTILE_FUZZ_SECONDS", "15"))
+SECONDS = float(os.environ.get("HOSTILE_FUZZ_SECONDS", "10"))
 #: How long one connection may take to answer the probe, GOAWAY or close (the relay's
 #: head timeout is 1 s: a header block or frame left unfinished must end by then).
 CASE_TIMEOUT = 3.0

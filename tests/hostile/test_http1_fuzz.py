@@ -15,7 +15,7 @@ end the relay still relays a stream byte for byte, holds no more descriptors tha
 the start, and logged no traceback.
 
 HOSTILE_SEED picks the inputs (printed on failure, to replay them) and
-HOSTILE_FUZZ_SECONDS how long the fuzzer runs (15 s by default).
+HOSTILE_FUZZ_SECONDS how long the fuzzer runs (10 s by default).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from tests.hostile.recording_upstream import RecordingUpstream
 from tests.relayproc import RelayProcess
 
 SEED = int(os.environ.get("HOSTILE_SEED", "20260611"))
-SECONDS = float(os.environ.get("HOSTILE_FUZZ_SECONDS", "15"))
+SECONDS = float(os.environ.get("HOSTILE_FUZZ_SECONDS", "10"))
 MAX_HEADER_BYTES = 16384  # as tests/hostile/conftest.py starts the relay
 
 Head = tuple[bytes, bytes]  # (method, origin-form target) of one request
