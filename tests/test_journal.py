@@ -57,6 +57,7 @@ def test_since_serves_any_offset_from_the_arena(journal_class: Any) -> None:
     assert journal.since(5) == b"fgh"
     assert journal.since(8) == b""
     assert journal.since(9) is None and journal.since(-1) is None
+    assert journal.since(10**30) is None  # as a client may send it
     assert journal.ending is Ending.OPEN
 
 

@@ -33,12 +33,14 @@ cdef class Journal:
         cdef bytes piece = data
         self.append_c(<const unsigned char*>PyBytes_AS_STRING(piece), PyBytes_GET_SIZE(piece))
 
-    def since(self, long long offset):
+    def since(self, offset):
         """Everything after the first `offset` bytes (one copy, per resume), or None
-        if that is not here (beyond what was written, or no longer kept)."""
+        if that is not here (beyond what was written, or no longer kept). `offset` is
+        any int a client sent: compared as such, not converted first."""
         if self.overflowed or not 0 <= offset <= self.size:
             return None
-        return PyBytes_FromStringAndSize(<const char*>self._data + offset, self.size - offset)
+        cdef Py_ssize_t start = offset
+        return PyBytes_FromStringAndSize(<const char*>self._data + start, self.size - start)
 
     cdef int append_c(self, const unsigned char* p, Py_ssize_t n) except -1:
         cdef long long used = self.size
