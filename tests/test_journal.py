@@ -18,6 +18,10 @@ from relay.core.resumable import STREAM_ID_HEADER, ResumableClient
 TWINS = pytest.mark.parametrize(
     "journal_class", [journal_pure.Journal, _journal.Journal], ids=["python", "cython"]
 )
+TOTALS: dict[Any, Any] = {
+    journal_pure.Journal: journal_pure.JournalTotal,
+    _journal.Journal: _journal.JournalTotal,
+}
 
 
 class Recorder:
@@ -81,7 +85,8 @@ def test_both_twins_keep_exactly_what_was_appended(
     journal_class: Any, limit: int, pieces: list[bytes], offset: int
 ) -> None:
     """Across the arena's doublings and up to its limit, the bytes come back as written."""
-    journal = journal_class(limit=limit)
+    total = TOTALS[journal_class]()
+    journal = journal_class(limit, total)
     for piece in pieces:
         journal.append(piece)
     whole = b"".join(pieces)
@@ -89,6 +94,27 @@ def test_both_twins_keep_exactly_what_was_appended(
     assert journal.overflowed == (len(whole) > limit)
     expected = None if len(whole) > limit or not 0 <= offset <= len(whole) else whole[offset:]
     assert journal.since(offset) == expected
+    # The total holds what is kept: nothing once past the limit, nothing once released.
+    assert total.bytes == (0 if journal.overflowed else len(whole))
+    journal.release()
+    journal.append(b"more")
+    assert total.bytes == 0
+
+
+@TWINS
+def test_journals_count_in_their_stores_total_until_released(journal_class: Any) -> None:
+    total = TOTALS[journal_class]()
+    first, second = journal_class(10, total), journal_class(10, total)
+    first.append(b"abcd")
+    second.append(b"xyz")
+    assert total.bytes == 7
+    second.append(b"12345678")  # past its limit: its 3 kept bytes go, the rest never came
+    assert second.overflowed and total.bytes == 4
+    second.release()  # already counted out
+    assert total.bytes == 4
+    first.release()
+    first.release()  # once only
+    assert total.bytes == 0
 
 
 def test_the_cython_arena_is_used_unless_disabled() -> None:

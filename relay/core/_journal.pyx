@@ -16,11 +16,20 @@ cdef enum:
     FIRST_CAPACITY = 4096
 
 
-cdef class Journal:
-    """The body bytes one stream sent its client, up to `limit` bytes."""
+cdef class JournalTotal:
+    """The bytes a set of journals holds (a ResumeStore's), kept as they change."""
 
-    def __init__(self, Py_ssize_t limit):
+    def __init__(self):
+        self.bytes = 0
+
+
+cdef class Journal:
+    """The body bytes one stream sent its client, up to `limit` bytes, counted in
+    `total` (if given) until `release`."""
+
+    def __init__(self, Py_ssize_t limit, JournalTotal total=None):
         self.limit = limit
+        self._total = total
         self.size = 0
         self.overflowed = False
         self.ending = Ending.OPEN
@@ -42,6 +51,12 @@ cdef class Journal:
         cdef Py_ssize_t start = offset
         return PyBytes_FromStringAndSize(<const char*>self._data + start, self.size - start)
 
+    def release(self):
+        """Its store let it go: its bytes no longer count in the total."""
+        if self._total is not None and not self.overflowed:
+            self._total.bytes -= self.size
+        self._total = None
+
     cdef int append_c(self, const unsigned char* p, Py_ssize_t n) except -1:
         cdef long long used = self.size
         self.size = used + n
@@ -52,10 +67,14 @@ cdef class Journal:
             free(self._data)  # the memory goes back at once; the count goes on
             self._data = NULL
             self._capacity = 0
+            if self._total is not None:
+                self._total.bytes -= used
             return 0
         if self.size > self._capacity:
             self._grow(self.size)
         memcpy(self._data + used, p, n)
+        if self._total is not None:
+            self._total.bytes += n
         return 0
 
     cdef int _grow(self, Py_ssize_t needed) except -1:

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import os
 
-from relay.core.journal_pure import Ending, Journal
+from relay.core.journal_pure import Ending, Journal, JournalTotal
 
 IMPLEMENTATION = "python"
 if os.environ.get("SSE_RELAY_NO_EXTENSIONS") != "1":
     try:
-        from relay.core._journal import Journal  # type: ignore[assignment]
+        from relay.core._journal import Journal, JournalTotal  # type: ignore[assignment]
 
         IMPLEMENTATION = "cython"
     except ImportError:
         pass
 
-__all__ = ["IMPLEMENTATION", "Ending", "Journal"]
+__all__ = ["IMPLEMENTATION", "Ending", "Journal", "JournalTotal"]

@@ -21,13 +21,25 @@ class Ending(Enum):
     RESET = "reset"  # ended by a reset: the client must learn it is incomplete
 
 
+class JournalTotal:
+    """The bytes a set of journals holds (a ResumeStore's), kept as they change: what
+    `--resume-max-total` is checked against, with no pass over the journals."""
+
+    __slots__ = ("bytes",)
+
+    def __init__(self) -> None:
+        self.bytes = 0
+
+
 class Journal:
-    """The body bytes one stream sent its client, up to `limit` bytes."""
+    """The body bytes one stream sent its client, up to `limit` bytes, counted in
+    `total` (if given) until `release`."""
 
-    __slots__ = ("_data", "ending", "limit", "overflowed", "size")
+    __slots__ = ("_data", "_total", "ending", "limit", "overflowed", "size")
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, total: JournalTotal | None = None) -> None:
         self.limit = limit
+        self._total = total
         self._data = bytearray()
         #: Bytes written so far: the offset a client that got everything is at.
         self.size = 0
@@ -37,14 +49,25 @@ class Journal:
 
     def append(self, data: bytes) -> None:
         """Keep a copy of `data`."""
+        kept = self.size
         self.size += len(data)
         if self.overflowed:
             return
         if self.size > self.limit:
             self.overflowed = True
             self._data = bytearray()  # the memory goes back at once; the count goes on
+            if self._total is not None:
+                self._total.bytes -= kept
             return
         self._data += data
+        if self._total is not None:
+            self._total.bytes += len(data)
+
+    def release(self) -> None:
+        """Its store let it go: its bytes no longer count in the total."""
+        if self._total is not None and not self.overflowed:
+            self._total.bytes -= self.size
+        self._total = None
 
     def since(self, offset: int) -> bytes | None:
         """Everything after the first `offset` bytes (one copy, per resume), or None

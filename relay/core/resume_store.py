@@ -17,7 +17,7 @@ import secrets
 from dataclasses import dataclass, field
 
 from relay.core.exchange import Headers
-from relay.core.journal import Journal
+from relay.core.journal import Journal, JournalTotal
 from relay.core.resumable import RESUMABLE_HEADER, ResumableClient
 from relay.core.shared_journal import SharedJournal, credential_of
 from relay.core.stream import RelayStream
@@ -60,6 +60,8 @@ class ResumeStore:
         #: Where other instances find these streams, and this one theirs (or None).
         self.shared = shared
         self._entries: dict[str, ResumableEntry] = {}
+        # What their journals hold, kept as they are written (not summed per new stream).
+        self._total = JournalTotal()
         # Keyed hashes of credentials: the store never keeps a credential itself.
         self._key = secrets.token_bytes(32)
         # Streams an identical retry may take over, by request_key (--replay-retries).
@@ -71,10 +73,7 @@ class ResumeStore:
 
     def journal_bytes(self) -> int:
         """Bytes the journals hold (for the limit and the gauge)."""
-        return sum(
-            0 if entry.client.journal.overflowed else entry.client.journal.size
-            for entry in self._entries.values()
-        )
+        return self._total.bytes
 
     def detached(self) -> int:
         """Streams running with no client attached (for the gauge)."""
@@ -92,7 +91,7 @@ class ResumeStore:
         already hold `max_total` bytes (the stream then runs as a plain one)."""
         if self.journal_bytes() >= self.limits.max_total:
             return None
-        return secrets.token_urlsafe(24), Journal(self.limits.max_bytes)
+        return secrets.token_urlsafe(24), Journal(self.limits.max_bytes, self._total)
 
     def add(self, stream_id: str, entry: ResumableEntry) -> None:
         self._entries[stream_id] = entry
@@ -138,6 +137,8 @@ class ResumeStore:
 
     def _forget(self, stream_id: str) -> None:
         entry = self._entries.pop(stream_id, None)
+        if entry is not None:
+            entry.client.journal.release()
         key = None if entry is None else entry.request_key
         if key is not None:
             same = self._by_request[key]
@@ -149,5 +150,6 @@ class ResumeStore:
         for entry in self._entries.values():
             if entry.expiry is not None:
                 entry.expiry.cancel()
+            entry.client.journal.release()
         self._entries.clear()
         self._by_request.clear()
