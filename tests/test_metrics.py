@@ -12,6 +12,7 @@ import httpx2
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from relay.ops.metrics import RelayMetrics
 from tests.clients import (
     KEEPALIVE,
     MESSAGE_PARAMS,
@@ -243,3 +244,17 @@ def test_admin_listener_can_be_turned_off(sim: SimServer) -> None:
     with RelayProcess(sim.url, "--admin-listen", "off", admin=None) as relay:
         assert raw_stream(relay.url)[0] == 200
     assert relay.admin_url == "" and b"admin=" not in relay.ready_line
+
+
+def test_keepalives_are_a_lock_free_counter_read_at_scrape() -> None:
+    """`sse_relay_keepalives_total` is a plain int (relay/ops/metrics.py PlainCounter),
+    exported as a counter like the others."""
+    metrics = RelayMetrics()
+    for _ in range(3):
+        metrics.keepalive()
+    families = {
+        family.name: family for family in text_string_to_metric_families(metrics.render().decode())
+    }
+    keepalives = families["sse_relay_keepalives"]
+    assert keepalives.type == "counter"
+    assert [(s.name, s.value) for s in keepalives.samples] == [("sse_relay_keepalives_total", 3)]

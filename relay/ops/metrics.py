@@ -2,14 +2,16 @@
 
 prometheus_client takes a lock on every update, so nothing here runs per chunk: a
 stream adds plain integers on itself and reports once, at its end
-(`stream_finished`); keepalives, refusals and dropped datagrams are rare enough to
-count as they happen. The registry is private (not the library's global one), so
-each relay process, and each test, has its own.
+(`stream_finished`). Keepalives come once per idle stream per interval (10,000 a second
+at 10,000 idle streams), so they are a plain int read at scrape (`PlainCounter`);
+refusals and dropped datagrams are rare enough to count as they happen. The registry
+is private (not the library's global one), so each relay process, and each test, has
+its own.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -21,6 +23,8 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from relay import __version__
 from relay.core.providers import PROVIDER_NAMES
@@ -53,6 +57,21 @@ _CLIENT_ABORT_KINDS = {Outcome.CLIENT_ABORT: "disconnect", Outcome.CLIENT_STALL:
 _TTFB_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _DURATION_BUCKETS = (0.1, 0.5, 1, 5, 15, 30, 60, 120, 300, 600, 1800)
 _SILENCE_BUCKETS = (0.1, 0.5, 1, 5, 10, 15, 30, 60, 120, 300, 600)
+
+
+class PlainCounter(Collector):
+    """A counter that is a plain int, read when scraped: no lock per update (a locked
+    `Counter.inc` per keepalive was 3% of the relay's CPU at 10,000 idle streams). The
+    relay's loop is the only writer."""
+
+    def __init__(self, name: str, documentation: str, registry: CollectorRegistry) -> None:
+        self.value = 0
+        self._name = name
+        self._documentation = documentation
+        registry.register(self)
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(self._name, self._documentation, value=self.value)
 
 
 class RelayMetrics:
@@ -98,8 +117,8 @@ class RelayMetrics:
         self._pings = Counter(
             "sse_relay_pings", "Upstream `event: ping` frames relayed", registry=registry
         )
-        self._keepalives = Counter(
-            "sse_relay_keepalives", "Keepalive frames the relay inserted", registry=registry
+        self._keepalives = PlainCounter(
+            "sse_relay_keepalives", "Keepalive frames the relay inserted", registry
         )
         self._retries = Counter(
             "sse_relay_upstream_retries", "Upstream tries after the first", registry=registry
@@ -254,7 +273,7 @@ class RelayMetrics:
             self._silence.observe(record.longest_silence)
 
     def keepalive(self) -> None:
-        self._keepalives.inc()
+        self._keepalives.value += 1
 
     def refused(self, status: int) -> None:
         self._refused.labels(str(status)).inc()
