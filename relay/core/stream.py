@@ -158,8 +158,8 @@ class RelayStream:
         replayed = self._resumable.attach(client, offset, self._loop.time())
         if replayed is not None:
             self._redirect()
-        if replayed is not None and not self._machine.finished:
-            self._run(self._machine.client_attached(self._loop.time()))
+            if not self._machine.finished:
+                self._run(self._machine.client_attached(self._loop.time()))
         return replayed
 
     def is_attached(self, client: ClientSide) -> bool:
