@@ -1,5 +1,5 @@
-"""Builds the Cython SSE frame scanner, journal arena and body pump; the rest is in
-pyproject.toml.
+"""Builds the Cython SSE frame scanner, journal arena, body pump and HTTP/2 DATA writer;
+the rest is in pyproject.toml.
 
 SSE_RELAY_NO_EXTENSIONS=1 at build time skips the extension (the pure-Python twin is
 used at run time then).
@@ -16,7 +16,12 @@ if os.environ.get("SSE_RELAY_NO_EXTENSIONS") != "1":
     ext_modules = cythonize(
         [
             Extension(name, [name.replace(".", "/") + ".pyx"], extra_compile_args=["-O3"])
-            for name in ("relay.sse._fastsse", "relay.core._journal", "relay.upstream._bodypump")
+            for name in (
+                "relay.sse._fastsse",
+                "relay.core._journal",
+                "relay.upstream._bodypump",
+                "relay.edge._h2data",
+            )
         ],
         compiler_directives={
             "language_level": "3",

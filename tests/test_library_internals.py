@@ -11,6 +11,7 @@ from importlib.metadata import version
 
 import h2.config
 import h2.connection
+import h2.stream
 import h11
 from aioquic.h3.connection import H3Connection
 from aioquic.quic.configuration import QuicConfiguration
@@ -66,6 +67,40 @@ def test_oversized_frame_pending_reads_the_frame_header() -> None:
     server.receive_data(client.data_to_send())
     server.receive_data(b"\x01\x00\x00\x00\x00\x00\x00\x00\x01")  # 64 KiB DATA, no payload
     assert oversized_frame_pending(server), f"{H2}: an oversized frame header not seen"
+
+
+def test_h2_send_data_is_what_the_c_data_writer_does() -> None:
+    """relay/edge/_h2data.pyx appends frames to H2Connection._data_to_send and lowers the
+    windows itself, where SEND_DATA would change no state of either machine."""
+    server = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+    server.initiate_connection()
+    client = h2.connection.H2Connection()
+    client.initiate_connection()
+    request = [(":method", "GET"), (":path", "/"), (":scheme", "http"), (":authority", "a")]
+    client.send_headers(1, request)
+    server.receive_data(client.data_to_send())
+    server.data_to_send()
+    assert isinstance(getattr(server, "_data_to_send", None), bytearray), f"{H2}: _data_to_send"
+    stream = server.streams[1]
+    for owner, name in (
+        (server, "outbound_flow_control_window"),
+        (server, "max_outbound_frame_size"),
+        (stream, "outbound_flow_control_window"),
+    ):
+        assert type(getattr(owner, name, None)) is int, f"{H2}: {type(owner).__name__}.{name}"
+    assert stream.state_machine.state is h2.stream.StreamState.OPEN, f"{H2}: stream state"
+    assert server.state_machine.state is h2.connection.ConnectionState.SERVER_OPEN, H2
+    send = h2.stream.StreamInputs.SEND_DATA
+    for state in (h2.stream.StreamState.OPEN, h2.stream.StreamState.HALF_CLOSED_REMOTE):
+        assert h2.stream._transitions[(state, send)] == (None, state), f"{H2}: {state}"
+    open_ = h2.connection.ConnectionState.SERVER_OPEN
+    table = h2.connection.H2ConnectionStateMachine._transitions
+    assert table[(open_, h2.connection.ConnectionInputs.SEND_DATA)] == (None, open_), H2
+    # What h2 itself writes for DATA, which the C writer writes too.
+    before = stream.outbound_flow_control_window
+    server.send_data(1, b"abc")
+    assert server.data_to_send() == b"\x00\x00\x03\x00\x00\x00\x00\x00\x01abc", H2
+    assert stream.outbound_flow_control_window == before - 3, H2
 
 
 def test_h11_chunked_reader_shows_the_announced_chunk_size() -> None:

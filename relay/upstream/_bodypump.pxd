@@ -5,6 +5,12 @@ from relay.core._journal cimport Journal
 from relay.sse._fastsse cimport FrameScanner
 
 
+cdef class PieceSink:
+    # A client side's writer that the pump calls in C, the piece still in its read
+    # buffer (relay/edge/_h2data.pyx); every sink is also callable with bytes.
+    cdef int write_c(self, const unsigned char* p, Py_ssize_t n) except -1
+
+
 cdef class BodyPump:
     cdef object _deliver
     # Told when a read ends the body or breaks its framing (relay/upstream/http1.py).
@@ -21,6 +27,7 @@ cdef class BodyPump:
     # write (None while a resumable stream has no client), the stream's scanner, its
     # journal if it is resumable, and what the stream machine is told at its next event.
     cdef object _write
+    cdef PieceSink _sink  # `_write` itself when it is one: called in C, no bytes made
     cdef Journal _journal
     cdef bint _chunked  # `_write` takes HTTP/1.1 chunks, not bare pieces
     cdef FrameScanner _scanner

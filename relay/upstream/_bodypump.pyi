@@ -9,6 +9,10 @@ from relay.upstream.body_decoder import Deliver, PumpOwner
 LIMITS: dict[str, int]
 FRAMINGS: dict[str, int]
 
+@disjoint_base
+class PieceSink:
+    """A client side's writer that the pump calls in C (relay/edge/_h2data.pyx)."""
+
 @disjoint_base  # a C type with its own instance layout
 class BodyPump:
     """One response body, decoded in C; also its connection's BufferedProtocol."""

@@ -11,7 +11,9 @@ pump keeps between reads is an unfinished size or trailer line (`_tail`, rare).
 The express path (`express`, Cython only): once the stream's first bytes are settled,
 each piece is scanned, counted, timed and handed to the client from here: written as a
 chunk to an HTTP/1.1 client's transport (no Python frame, one bytes object, the one the
-transport keeps), or passed to an HTTP/2 or HTTP/3 stream's `send_body` in one call.
+transport keeps), written as an HTTP/2 DATA frame by a `PieceSink` from this module's
+buffer (relay/edge/_h2data.pyx, no bytes object at all), or passed to an HTTP/3
+stream's `send_body` in one call.
 A resumable stream's piece is first copied into its journal's arena
 (relay/core/_journal.pyx, a `memcpy`), and goes to no client while none is attached.
 The stream machine reads the counts at its next event.
@@ -108,6 +110,14 @@ cdef long long chunk_size(const unsigned char* line, Py_ssize_t n) except -1:
     return min(size, SIZE_CEILING)
 
 
+cdef class PieceSink:
+    """A client side's writer that the pump calls in C (`write_c`) with the piece still
+    in the read buffer: relay/edge/_h2data.pyx writes HTTP/2 DATA frames from there."""
+
+    cdef int write_c(self, const unsigned char* p, Py_ssize_t n) except -1:
+        raise NotImplementedError
+
+
 cdef class BodyPump:
     """One response body: fed bytes (`feed`) or read into by uvloop (`buffer_updated`),
     it hands each piece of body to `deliver`; see `body_decoder.BodyDecoder`."""
@@ -123,6 +133,7 @@ cdef class BodyPump:
         self._tail = b""
         self._tail_in_buffer = 0
         self._write = None
+        self._sink = None
         self._journal = None
         self._scanner = None
 
@@ -166,6 +177,7 @@ cdef class BodyPump:
         """Pieces go to `write` and `journal` from now on (a resumable stream's client
         left, or a resume took the stream over)."""
         self._write = write
+        self._sink = write if isinstance(write, PieceSink) else None
         self._chunked = chunked
         self._journal = journal
 
@@ -185,6 +197,7 @@ cdef class BodyPump:
         """The exchange is abandoned: nothing more goes anywhere, this read included."""
         self._scanner = None
         self._write = None
+        self._sink = None
         self._journal = None
         self._deliver = None
 
@@ -239,8 +252,8 @@ cdef class BodyPump:
     cdef int _express(self, const unsigned char* p, Py_ssize_t n) except -1:
         """One piece to the client: what `StreamMachine.response_body` does for it, the
         journal's copy (`ResumableClient.send_body`'s), then one HTTP/1.1 chunk on the
-        transport (as `Http1Protocol.send_body` writes it) or one call to the HTTP/2 or
-        HTTP/3 stream's `send_body`. Everything is counted before the write, which may
+        transport (as `Http1Protocol.send_body` writes it), one C call to a `PieceSink`
+        (HTTP/2), or one call to the HTTP/3 stream's `send_body`. Everything is counted before the write, which may
         call back into the stream (a pause)."""
         self._scanner.feed_c(p, n)
         cdef timespec ts
@@ -254,6 +267,8 @@ cdef class BodyPump:
             self._journal.append_c(p, n)
         if self._write is None:
             return 0  # a resumable stream with no client attached
+        if self._sink is not None:
+            return self._sink.write_c(p, n)
         cdef char head[24]
         cdef int head_len = 0
         if self._chunked:
