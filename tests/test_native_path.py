@@ -1,6 +1,6 @@
 """The body pump's native path (relay/upstream/_bodypump.pyx, `express`): past the first
 bytes, an HTTP/1.1 upstream's body goes to a chunked HTTP/1.1 client with no Python per
-chunk, or to an HTTP/2 stream in one call per chunk; a resumable stream's journal
+chunk, or to an HTTP/2 stream as DATA frames written in C; a resumable stream's journal
 takes each chunk with a `memcpy`. It must be indistinguishable from the Python path:
 the same bytes, keepalives where they belong, the same access-log record; and taken
 only where it applies.
