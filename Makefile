@@ -17,7 +17,8 @@ NODE_STAMP := $(NODE_DIR)/node_modules/.installed
 
 $(STAMP): pyproject.toml setup.py relay/sse/_fastsse.pyx relay/sse/_fastsse.pxd \
 		relay/core/_journal.pyx relay/core/_journal.pxd \
-		relay/upstream/_bodypump.pyx relay/upstream/_bodypump.pxd relay/edge/_h2data.pyx
+		relay/upstream/_bodypump.pyx relay/upstream/_bodypump.pxd \
+		relay/edge/_h1data.pyx relay/edge/_h2data.pyx
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip setuptools wheel
 	$(BIN)/pip install -q -e '.[test]'

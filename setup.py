@@ -20,6 +20,7 @@ if os.environ.get("SSE_RELAY_NO_EXTENSIONS") != "1":
                 "relay.sse._fastsse",
                 "relay.core._journal",
                 "relay.upstream._bodypump",
+                "relay.edge._h1data",
                 "relay.edge._h2data",
             )
         ],

@@ -21,7 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.edge import h2_stream
+from relay.edge import native_out
 from relay.edge.h2_endpoint import GracefulH2Connection
 from relay.edge.h2_stream import H2ClientStream
 
@@ -97,7 +97,7 @@ class Side:
         self.stream.relay = self.pauses  # type: ignore[assignment]
         with pytest.MonkeyPatch.context() as patch:
             if not native:
-                patch.setattr(h2_stream, "H2DataOut", None)
+                patch.setattr(native_out, "H2DataOut", None)
             self.stream.send_head(200, [(b"content-type", b"text/event-stream")])
         assert isinstance(self.stream.body_writer().write, H2DataOut) is native
         self.pump = BodyPump(FRAMINGS["CLOSE"], 0, lambda piece: None)

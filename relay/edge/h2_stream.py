@@ -10,7 +10,6 @@ built: frames written in C for as much as the window takes at once, the rest thr
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from typing import Protocol
 
@@ -19,14 +18,8 @@ import h2.exceptions
 from h2.errors import ErrorCodes
 
 from relay.core.exchange import BodyWriter, EdgeStream, Headers
+from relay.edge import native_out
 from relay.edge.h2_endpoint import SendQueue, send_queued
-
-try:
-    from relay.edge._h2data import H2DataOut
-except ImportError:  # not built: h2 frames everything
-    H2DataOut = None  # type: ignore[assignment,misc]
-if os.environ.get("SSE_RELAY_NO_EXTENSIONS") == "1":
-    H2DataOut = None  # type: ignore[assignment,misc]
 
 
 class StreamOwner(Protocol):
@@ -71,7 +64,7 @@ class H2ClientStream:
         self._ended = False
         self._paused = False
         # The C DATA writer, once the response head has opened the way for DATA.
-        self._out: H2DataOut | None = None
+        self._out: native_out.H2DataOut | None = None
         #: Request body bytes received but not yet acknowledged (upstream paused).
         self.unacked: int | None = None
 
@@ -91,9 +84,11 @@ class H2ClientStream:
             self._owner.forget(self.id)
             return
         owner = self._owner
-        if H2DataOut is not None:
+        if native_out.H2DataOut is not None:
             flushed = owner.schedule_flush
-            self._out = H2DataOut(owner.conn, self.id, self._pending, self.queue, flushed)
+            self._out = native_out.H2DataOut(
+                owner.conn, self.id, self._pending, self.queue, flushed
+            )
         owner.schedule_flush()
 
     def send_body(self, data: bytes) -> None:

@@ -29,6 +29,7 @@ from relay.core.errors import (
 from relay.core.exchange import BodyWriter, EdgeStream, Headers, RequestHead
 from relay.core.headers import header_value
 from relay.edge.context import EdgeContext
+from relay.edge.native_out import chunk_out
 from relay.ops.access_log import redact_text
 from relay.upstream.body_decoder import NO_BODY_STATUS
 
@@ -353,10 +354,14 @@ class Http1Protocol(asyncio.Protocol):
             transport.writelines(self._h11.send_with_data_passthrough(h11.Data(data=data)) or ())
 
     def body_writer(self) -> BodyWriter | None:
-        """`transport.write`, when the body goes out chunked: the body pump can then
-        write each piece as `send_body` would (relay.core.exchange.DirectClient)."""
+        """When the body goes out chunked, the body pump can write each piece as
+        `send_body` would (relay.core.exchange.DirectClient): on the socket from C
+        (relay/edge/_h1data.pyx), or through `transport.write`."""
         if self._transport is None or not self._chunked:
             return None
+        out = chunk_out(self._transport)
+        if out is not None:
+            return BodyWriter(out, chunked=False)
         return BodyWriter(self._transport.write, chunked=True)
 
     def send_end(self) -> None:
@@ -377,7 +382,7 @@ class Http1Protocol(asyncio.Protocol):
             # A reset (RST), not a close (FIN): a client must not take what it got for
             # a whole response, whatever its framing says.
             sock = transport.get_extra_info("socket")
-            if sock is not None:
+            if sock is not None and sock.fileno() >= 0:  # uvloop's, closed: -1
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
             transport.abort()
 

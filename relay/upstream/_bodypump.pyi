@@ -11,7 +11,7 @@ FRAMINGS: dict[str, int]
 
 @disjoint_base
 class PieceSink:
-    """A client side's writer that the pump calls in C (relay/edge/_h2data.pyx)."""
+    """A client side's writer that the pump calls in C (relay/edge/_h1data.pyx, _h2data.pyx)."""
 
 @disjoint_base  # a C type with its own instance layout
 class BodyPump:

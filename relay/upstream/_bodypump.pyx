@@ -9,11 +9,12 @@ and every read is handed over at once, so one buffer serves every connection; al
 pump keeps between reads is an unfinished size or trailer line (`_tail`, rare).
 
 The express path (`express`, Cython only): once the stream's first bytes are settled,
-each piece is scanned, counted, timed and handed to the client from here: written as a
-chunk to an HTTP/1.1 client's transport (no Python frame, one bytes object, the one the
-transport keeps), written as an HTTP/2 DATA frame by a `PieceSink` from this module's
-buffer (relay/edge/_h2data.pyx, no bytes object at all), or passed to an HTTP/3
-stream's `send_body` in one call.
+each piece is scanned, counted, timed and handed to the client from here: by a
+`PieceSink` from this module's buffer, no bytes object at all (sent as an HTTP/1.1 chunk
+on the client's socket, relay/edge/_h1data.pyx, or written as HTTP/2 DATA frames,
+relay/edge/_h2data.pyx); written as a chunk to an HTTP/1.1 client's transport where no
+sink applies (TLS: one bytes object, the one the transport keeps); or passed to an
+HTTP/3 stream's `send_body` in one call.
 A resumable stream's piece is first copied into its journal's arena
 (relay/core/_journal.pyx, a `memcpy`), and goes to no client while none is attached.
 The stream machine reads the counts at its next event.
@@ -23,7 +24,6 @@ Keep the two twins in step; tests/test_body_decoder.py runs both against h11.
 
 from cpython.bytearray cimport PyByteArray_AS_STRING
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from libc.stdio cimport snprintf
 from libc.string cimport memchr, memcpy
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
@@ -112,7 +112,8 @@ cdef long long chunk_size(const unsigned char* line, Py_ssize_t n) except -1:
 
 cdef class PieceSink:
     """A client side's writer that the pump calls in C (`write_c`) with the piece still
-    in the read buffer: relay/edge/_h2data.pyx writes HTTP/2 DATA frames from there."""
+    in the read buffer: relay/edge/_h1data.pyx sends HTTP/1.1 chunks from there,
+    relay/edge/_h2data.pyx writes HTTP/2 DATA frames."""
 
     cdef int write_c(self, const unsigned char* p, Py_ssize_t n) except -1:
         raise NotImplementedError
@@ -251,10 +252,11 @@ cdef class BodyPump:
 
     cdef int _express(self, const unsigned char* p, Py_ssize_t n) except -1:
         """One piece to the client: what `StreamMachine.response_body` does for it, the
-        journal's copy (`ResumableClient.send_body`'s), then one HTTP/1.1 chunk on the
-        transport (as `Http1Protocol.send_body` writes it), one C call to a `PieceSink`
-        (HTTP/2), or one call to the HTTP/3 stream's `send_body`. Everything is counted before the write, which may
-        call back into the stream (a pause)."""
+        journal's copy (`ResumableClient.send_body`'s), then one C call to a `PieceSink`
+        (HTTP/1.1 on a plain socket, HTTP/2), one HTTP/1.1 chunk on the transport (as
+        `Http1Protocol.send_body` writes it), or one call to the HTTP/3 stream's
+        `send_body`. Everything is counted before the write, which may call back into
+        the stream (a pause)."""
         self._scanner.feed_c(p, n)
         cdef timespec ts
         clock_gettime(CLOCK_MONOTONIC, &ts)
@@ -269,10 +271,10 @@ cdef class BodyPump:
             return 0  # a resumable stream with no client attached
         if self._sink is not None:
             return self._sink.write_c(p, n)
-        cdef char head[24]
+        cdef char head[20]
         cdef int head_len = 0
         if self._chunked:
-            head_len = snprintf(head, sizeof(head), "%zx\r\n", n)
+            head_len = chunk_head(head, n)
         cdef object piece = PyBytes_FromStringAndSize(NULL, head_len + n + 2 * self._chunked)
         cdef char* out = PyBytes_AS_STRING(piece)
         memcpy(out, head, head_len)
