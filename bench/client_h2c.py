@@ -135,6 +135,9 @@ class LeanH2cConnection(asyncio.Protocol):
         status = fields.get(b":status")
         if status is not None and stream_id not in self.first_byte_ns:
             self.first_byte_ns[stream_id] = now
+            entry = self._streams.get(stream_id)
+            if entry is not None:
+                entry[0].head(now)
             if status != b"200":
                 self._end(stream_id, f"HTTP/2 status {status!r}")
         if first_flags & w.END_STREAM:

@@ -70,6 +70,9 @@ class H3ClientConnection(QuicConnectionProtocol):
                     entry[0].feed(h3_event.data, now)
             elif isinstance(h3_event, HeadersReceived):
                 self.first_byte_ns[h3_event.stream_id] = now
+                entry = self._streams.get(h3_event.stream_id)
+                if entry is not None:
+                    entry[0].head(now)
                 status = dict(h3_event.headers).get(b":status")
                 if status != b"200":
                     self._end(h3_event.stream_id, f"HTTP/3 status {status!r}")

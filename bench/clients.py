@@ -49,6 +49,7 @@ class H1Stream(asyncio.Protocol):
         if not self._head_checked:
             self._head_checked = True
             self.first_byte_ns = now
+            self._tally.head(now)
             if not data.startswith(b"HTTP/1.1 200"):
                 self._end(data.split(b"\r\n", 1)[0].decode("latin-1"))
                 return
@@ -130,6 +131,9 @@ class H2cConnection(asyncio.Protocol):
                     entry[0].feed(event.data, now)
             elif isinstance(event, h2.events.ResponseReceived):
                 self.first_byte_ns[event.stream_id] = now
+                entry = self._streams.get(event.stream_id)
+                if entry is not None:
+                    entry[0].head(now)
                 status = dict(event.headers or ()).get(b":status")
                 if status != b"200":
                     self._end(event.stream_id, f"HTTP/2 status {status!r}")

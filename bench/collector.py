@@ -2,7 +2,8 @@
 
 Each stamped event yields `receive time - send stamp`; each `: keepalive` yields how late
 it came: its receive time minus (the previous thing on the stream + the interval), where
-the previous thing is an event's send stamp or the previous keepalive's receive time
+the previous thing is the response head's arrival, an event's send stamp or the previous
+keepalive's receive time
 (the relay schedules from its own last write, so drift between keepalives is not held
 against it). Work per chunk is one regex pass; no SSE parsing.
 """
@@ -39,8 +40,15 @@ class StreamTally:
     def __init__(self, run: RunTally, opened_ns: int) -> None:
         self._run = run
         self._carry = b""
-        # The relay's keepalive clock starts with the response; the request is close.
+        # Until the response head arrives (`head`): the request's time.
         self._ref_ns = opened_ns
+
+    def head(self, now_ns: int) -> None:
+        """The response head arrived: a relay's keepalive clock starts with it. (At
+        10,000 streams the heads came 0.5 to 7 s after their requests while the ramp
+        opened the upstream connections, and every first keepalive counted that delay
+        as its own lateness.)"""
+        self._ref_ns = now_ns
 
     def feed(self, data: bytes, now_ns: int) -> None:
         run = self._run

@@ -302,8 +302,8 @@ def idle_section(records: list[Record]) -> list[str]:
         "### Idle scale: streams silent 95% of the time (1 s of 10 events/s in every 20 s), "
         "keepalive interval 1 s. Relays and nginx are reached over h2c, 1000 streams per "
         "connection: 10,000 HTTP/1.1 streams would need 20,000 fds in one process, the hard "
-        "limit here. Direct is HTTP/1.1. Keepalive lateness: arrival minus (previous event's "
-        "send stamp, or previous keepalive's arrival, + 1 s)"
+        "limit here. Direct is HTTP/1.1. Keepalive lateness: arrival minus (the response "
+        "head's arrival, previous event's send stamp, or previous keepalive's arrival, + 1 s)"
     )
     return [intro, "", *table(head, rows), ""]
 

@@ -64,6 +64,16 @@ def test_stamps_and_keepalives_are_found_across_any_chunking() -> None:
         assert sorted(run.keepalive_lateness) == [2_900, 3_900]
 
 
+def test_a_first_keepalive_is_timed_from_the_response_head_not_the_request() -> None:
+    """A relay's keepalive clock starts with the response head: a head that came late
+    (connections opening at the ramp) is not the keepalive's lateness."""
+    run = RunTally(start_ns=0, end_ns=10**12, keepalive_interval_ns=1_000)
+    stream = StreamTally(run, opened_ns=0)
+    stream.head(5_000)
+    stream.feed(b": keepalive\n\n", now_ns=6_020)
+    assert list(run.keepalive_lateness) == [20]
+
+
 @pytest.fixture(scope="module")
 def emitter_port() -> Iterator[int]:
     proc = subprocess.Popen(
@@ -198,12 +208,22 @@ def test_lean_h2_client_reads_every_stream_of_the_h2_emitter(
         assert isinstance(client, LeanH2cConnection)
         await asyncio.wait_for(client.ready, 5)
         path = f"/v1/messages?rate=200&until={now + 300_000_000}".encode()
+        heads: list[int] = []
+
+        class Told(StreamTally):
+            __slots__ = ()
+
+            def head(self, now_ns: int) -> None:
+                heads.append(now_ns)
+                super().head(now_ns)
+
         for _ in range(5):
-            client.open(path, b"localhost", b"{}", StreamTally(tally, now), outcomes.append)
+            client.open(path, b"localhost", b"{}", Told(tally, now), outcomes.append)
         client.flush()
         while len(outcomes) < 5:
             await asyncio.sleep(0.02)
         client.close()
+        assert sorted(heads) == sorted(client.first_byte_ns.values())  # each head told
         return tally, outcomes, len(client.first_byte_ns)
 
     tally, outcomes, responses = asyncio.run(asyncio.wait_for(streams(), 10))
