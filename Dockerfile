@@ -3,10 +3,11 @@
 #   docker build -t sse-relay .
 #   docker run -p 8080:8080 sse-relay --listen 0.0.0.0:8080 --upstream https://api.anthropic.com
 
-# Build: the Cython scanner needs a C compiler; scripts/build-dist.sh packs everything.
+# Build: the Cython modules need a C compiler and OpenSSL's headers (the TLS reads);
+# scripts/build-dist.sh packs everything.
 FROM python:3.11-slim AS build
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && apt-get install -y --no-install-recommends gcc libc6-dev libssl-dev \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY pyproject.toml setup.py README.md ./

@@ -8,6 +8,8 @@ STAMP := $(VENV)/.installed
 # nghttpd: an HTTP/2 upstream other than h2 (tests/test_nghttpd_upstream.py).
 # haproxy: deploy/compose/haproxy.cfg, checked and run (tests/test_deploy_compose.py).
 # redis-server: the shared journal's tests start one on a free port (tests/redisproc.py).
+# OpenSSL's headers: relay/upstream/_tlsread.pyx calls it (a path: no command to look for).
+BUILD_DEPS := /usr/include/openssl/ssl.h=libssl-dev
 TEST_TOOLS := curl=curl nghttp=nghttp2-client nghttpd=nghttp2-server node=nodejs npm=npm haproxy=haproxy redis-server=redis-server
 # The TypeScript SDK the tests drive (tests/test_ts_sdk.py), pinned by its lock file.
 NODE_DIR := tests/node
@@ -17,8 +19,9 @@ NODE_STAMP := $(NODE_DIR)/node_modules/.installed
 
 $(STAMP): pyproject.toml setup.py relay/sse/_fastsse.pyx relay/sse/_fastsse.pxd \
 		relay/core/_journal.pyx relay/core/_journal.pxd \
-		relay/upstream/_bodypump.pyx relay/upstream/_bodypump.pxd \
+		relay/upstream/_bodypump.pyx relay/upstream/_bodypump.pxd relay/upstream/_tlsread.pyx \
 		relay/edge/_h1data.pyx relay/edge/_h2data.pyx
+	scripts/system-deps.sh $(BUILD_DEPS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip setuptools wheel
 	$(BIN)/pip install -q -e '.[test]'

@@ -8,9 +8,9 @@ out="${1:-dist}"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 python="${PYTHON:-.venv/bin/python}"
-# Fail loudly: the binary must carry the scanner, the journal arena, the body pump and
-# the HTTP/2 DATA writer.
-"$python" -c 'import relay.sse._fastsse, relay.core._journal, relay.upstream._bodypump, relay.edge._h1data, relay.edge._h2data'
+# Fail loudly: the binary must carry the scanner, the journal arena, the body pump, the
+# TLS reads and the HTTP/1.1 and HTTP/2 writers.
+"$python" -c 'import relay.sse._fastsse, relay.core._journal, relay.upstream._bodypump, relay.upstream._tlsread, relay.edge._h1data, relay.edge._h2data'
 "$python" -m PyInstaller --onefile --noconfirm --log-level WARN --name sse-relay \
   --paths . --collect-submodules relay --collect-submodules relay_sim --collect-submodules uvloop \
   --distpath "$out" --workpath "$work/build" --specpath "$work" relay/__main__.py

@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
 # Installs the Debian packages tests and benchmarks use, skipping what is present.
 # Usage: scripts/system-deps.sh COMMAND=PACKAGE ...   (e.g. curl=curl nghttp=nghttp2-client)
+# A COMMAND that starts with / is a file the package installs (a header, say).
 set -euo pipefail
 missing=()
 for pair in "$@"; do
-  command -v "${pair%%=*}" >/dev/null 2>&1 || missing+=("${pair#*=}")
+  wanted="${pair%%=*}"
+  if [ "${wanted#/}" != "$wanted" ]; then
+    [ -e "$wanted" ] || missing+=("${pair#*=}")
+  else
+    command -v "$wanted" >/dev/null 2>&1 || missing+=("${pair#*=}")
+  fi
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then

@@ -29,6 +29,8 @@ if os.environ.get("SSE_RELAY_NO_EXTENSIONS") == "1":
     pytest.skip("SSE_RELAY_NO_EXTENSIONS=1: no Cython writer", allow_module_level=True)
 
 from relay.edge._h1data import ChunkOut
+from relay.sse._fastsse import FrameScanner
+from relay.upstream._bodypump import FRAMINGS, BodyPump
 
 UVLOOP = f"uvloop {version('uvloop')}"
 
@@ -106,6 +108,8 @@ def chunk(data: bytes) -> bytes:
 OPS = st.lists(
     st.one_of(
         st.tuples(st.just("piece"), st.integers(0, 70000)),
+        # One read of the body pump: its pieces go out together (past one batch too).
+        st.tuples(st.just("read of the pump"), st.lists(st.integers(1, 9000), max_size=70)),
         st.tuples(st.just("raw"), st.integers(1, 3000)),  # the head, keepalives
         st.tuples(st.just("read"), st.integers(0, 200000)),
         st.tuples(st.just("tick"), st.just(0)),
@@ -117,17 +121,24 @@ OPS = st.lists(
 @settings(max_examples=60, deadline=None)
 @given(ops=OPS, sndbuf=st.sampled_from([0, 4096, 65536]))
 def test_the_peer_reads_what_transport_write_would_have_sent(
-    ops: list[tuple[str, int]], sndbuf: int
+    ops: list[tuple[str, int | list[int]]], sndbuf: int
 ) -> None:
     async def run() -> None:
         server, protocol, client = await connected(sndbuf)
         transport = protocol.transport
-        # A call with bytes runs `write_c`, as the body pump does from its buffer
-        # (tests/test_native_path.py relays through that).
+        # A call with bytes runs `write_c` and `flush_c`; the body pump calls them
+        # from its buffer, once for each piece and once at the end of a read.
         send = ChunkOut(transport)
+        pump = BodyPump(FRAMINGS["CHUNKED"], 0, lambda piece: None)
+        pump.express(send, False, FrameScanner(), 0.0)
         expected = bytearray()
         received = bytearray()
         for i, (op, n) in enumerate(ops):
+            if isinstance(n, list):
+                pieces = [bytes([(i + j) % 251]) * size for j, size in enumerate(n)]
+                pump.feed(b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces))
+                expected += b"".join(map(chunk, pieces))
+                continue
             data = bytes([i % 251]) * n
             if op == "piece":
                 send(data)

@@ -1,18 +1,26 @@
-"""The private internals of h2 and aioquic the relay reads, checked by name.
+"""The private internals of h2, h11, aioquic, uvloop and CPython's `_ssl` the relay
+reads, checked by name.
 
-pyproject.toml pins both libraries to ranges these checks passed on. A release that
+pyproject.toml pins the libraries to ranges these checks passed on. A release that
 renames one of them fails here, naming the version, instead of in production.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import platform
+import ssl
+import sys
 from importlib.metadata import version
 
 import h2.config
 import h2.connection
 import h2.stream
 import h11
+import pytest
+import trustme
+import uvloop
 from aioquic.h3.connection import H3Connection
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
@@ -126,3 +134,46 @@ def test_aioquic_stream_sender_buffer_and_connection_streams() -> None:
         return getattr(quic, "_streams", None)
 
     assert isinstance(asyncio.run(streams()), dict), f"{AIOQUIC}: QuicConnection._streams"
+
+
+UVLOOP = f"uvloop {version('uvloop')}"
+PYTHON_SSL = f"CPython {platform.python_version()} ({ssl.OPENSSL_VERSION})"
+
+
+@pytest.mark.skipif(
+    os.environ.get("SSE_RELAY_NO_EXTENSIONS") == "1", reason="no C TLS reads to check"
+)
+def test_tls_reads_find_their_ssl_object_and_uvloops_layer() -> None:
+    """relay/upstream/_tlsread.pyx reads the `SSL*` from CPython's `_ssl._SSLSocket`
+    (checked against SSL_get_app_data), needs `_ssl` to run on the OpenSSL it is linked
+    with, and relies on uvloop: start_tls leaves its SSLProtocol as the TCP transport's
+    protocol, told by get_extra_info("uvloop.sslproto"), and its SSL transport has
+    `_force_close(exc)`. If one of them changed, HTTP/1.1 upstreams fall back to
+    uvloop's reads (slower); this test says which."""
+    from relay.upstream import _tlsread
+
+    assert sys.version_info[:2] in _tlsread.LAYOUTS, f"{PYTHON_SSL}: _ssl layout not known"
+    assert _tlsread.SAME_OPENSSL, f"{PYTHON_SSL}: another OpenSSL than the relay's"
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+
+    async def check() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0, ssl=server_context)
+        port = server.sockets[0].getsockname()[1]
+        raw, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1", port)
+        tls = await loop.start_tls(
+            raw, asyncio.Protocol(), client_context, server_hostname="localhost"
+        )
+        assert tls is not None
+        layer = tls.get_extra_info("uvloop.sslproto")
+        assert layer is not None and raw.get_protocol() is layer, f"{UVLOOP}: SSLProtocol"
+        assert callable(getattr(tls, "_force_close", None)), f"{UVLOOP}: _force_close"
+        assert _tlsread.fits(tls), f"{PYTHON_SSL}: SSL* not where _ssl.c keeps it"
+        tls.abort()
+        server.close()
+
+    uvloop.run(check())

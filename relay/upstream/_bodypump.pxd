@@ -29,6 +29,8 @@ cdef class PieceSink:
     # buffer (relay/edge/_h2data.pyx, relay/edge/_h1data.pyx); every sink is also
     # callable with bytes.
     cdef int write_c(self, const unsigned char* p, Py_ssize_t n) except -1
+    # Pieces may wait, where they lie, for this: called before the buffer is reused.
+    cdef int flush_c(self) except -1
 
 
 cdef class BodyPump:
@@ -55,6 +57,10 @@ cdef class BodyPump:
     cdef double _last_byte
     cdef double _longest_silence
 
+    cdef unsigned char* read_at(self, Py_ssize_t* room) except NULL
+    cdef int read_done(self, Py_ssize_t nbytes) except -1
+
+    cdef int _flush(self) except -1
     cdef int _express(self, const unsigned char* p, Py_ssize_t n) except -1
 
     cdef int _give(self, const unsigned char* p, Py_ssize_t start, Py_ssize_t stop, Py_ssize_t n, object whole) except -1

@@ -118,6 +118,9 @@ cdef class PieceSink:
     cdef int write_c(self, const unsigned char* p, Py_ssize_t n) except -1:
         raise NotImplementedError
 
+    cdef int flush_c(self) except -1:
+        return 0
+
 
 cdef class BodyPump:
     """One response body: fed bytes (`feed`) or read into by uvloop (`buffer_updated`),
@@ -146,9 +149,12 @@ cdef class BodyPump:
         if self._tail:
             whole = self._tail + whole  # rare: a read split a line
             self._tail = b""
-        return self._run(
-            <const unsigned char*>PyBytes_AS_STRING(whole), PyBytes_GET_SIZE(whole), whole
-        ) == 1
+        try:
+            return self._run(
+                <const unsigned char*>PyBytes_AS_STRING(whole), PyBytes_GET_SIZE(whole), whole
+            ) == 1
+        finally:
+            self._flush()
 
     def feed_eof(self):
         """Upstream closed: ends a close-delimited body, else raises BodyFramingError."""
@@ -177,6 +183,7 @@ cdef class BodyPump:
     def redirect(self, write, bint chunked, Journal journal=None):
         """Pieces go to `write` and `journal` from now on (a resumable stream's client
         left, or a resume took the stream over)."""
+        self._flush()
         self._write = write
         self._sink = write if isinstance(write, PieceSink) else None
         self._chunked = chunked
@@ -196,6 +203,7 @@ cdef class BodyPump:
 
     def stop(self):
         """The exchange is abandoned: nothing more goes anywhere, this read included."""
+        self._flush()  # what this read gave before, as if each piece went at once
         self._scanner = None
         self._write = None
         self._sink = None
@@ -205,24 +213,39 @@ cdef class BodyPump:
     # -- asyncio.BufferedProtocol -----------------------------------------------------
 
     def get_buffer(self, Py_ssize_t sizehint):
-        cdef Py_ssize_t kept = PyBytes_GET_SIZE(self._tail)
-        self._tail_in_buffer = kept
-        if not kept:
-            return _READ_VIEW
-        memcpy(_READ_AT, PyBytes_AS_STRING(self._tail), kept)
-        return _READ_VIEW[kept:]
+        cdef Py_ssize_t room
+        self.read_at(&room)
+        return _READ_VIEW if room == READ_SIZE else _READ_VIEW[READ_SIZE - room:]
 
     def buffer_updated(self, Py_ssize_t nbytes):
+        self.read_done(nbytes)
+
+    cdef unsigned char* read_at(self, Py_ssize_t* room) except NULL:
+        """Where the next read goes, after an unfinished line kept from the last one,
+        and how much fits there (`get_buffer`, for relay/upstream/_tlsread.pyx too)."""
+        cdef Py_ssize_t kept = PyBytes_GET_SIZE(self._tail)
+        self._tail_in_buffer = kept
+        if kept:
+            memcpy(_READ_AT, PyBytes_AS_STRING(self._tail), kept)
+        room[0] = READ_SIZE - kept
+        return _READ_AT + kept
+
+    cdef int read_done(self, Py_ssize_t nbytes) except -1:
+        """`nbytes` were read where `read_at` said (`buffer_updated`)."""
         cdef Py_ssize_t kept = self._tail_in_buffer
         self._tail_in_buffer = 0
         self._tail = b""
         try:
-            complete = self._run(_READ_AT, kept + nbytes, None)
+            try:
+                complete = self._run(_READ_AT, kept + nbytes, None)
+            finally:
+                self._flush()  # before anything is told: it may write to the client
         except BodyFramingError as exc:
             self.owner.body_failed(str(exc))
-            return
+            return 0
         if complete:
             self.owner.body_ended()
+        return 0
 
     def eof_received(self):
         return self.owner.eof_received()
@@ -237,6 +260,12 @@ cdef class BodyPump:
         self.owner.resume_writing()
 
     # -- internals --------------------------------------------------------------------
+
+    cdef int _flush(self) except -1:
+        """The sink sends what this read gave it, before the buffer is read into again."""
+        if self._sink is not None:
+            self._sink.flush_c()
+        return 0
 
     cdef int _give(self, const unsigned char* p, Py_ssize_t start, Py_ssize_t stop, Py_ssize_t n, object whole) except -1:
         """Deliver `p[start:stop]`: `whole` itself when that is all of it (no copy)."""

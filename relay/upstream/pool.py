@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import ssl
 from collections import deque
+from typing import cast
 
 from relay.core.errors import ConnectTimeout, UpstreamCertificateError, UpstreamUnavailable
 from relay.core.exchange import (
@@ -26,6 +27,7 @@ from relay.core.headers import upstream_request_headers
 from relay.core.resumable import RESUMABLE_HEADER
 from relay.upstream.h2 import H2Upstream
 from relay.upstream.http1 import Http1Upstream
+from relay.upstream.tls_reads import tls_transport
 
 #: Idle upstream connections are closed after this long, before upstream's own
 #: keep-alive timeout is likely to race a new request on them.
@@ -47,10 +49,13 @@ def tls_context(verify: bool, ca_file: str | None, protocol: str = "auto") -> ss
 
 
 class _ByAlpn(asyncio.Protocol):
-    """Becomes HTTP/2 or HTTP/1.1 the moment the connection is up, before any byte."""
+    """Becomes HTTP/2 or HTTP/1.1 the moment the connection is up, before any byte.
+    Over TLS, `raw` is the TCP transport under it: HTTP/1.1 reads it in C
+    (relay/upstream/tls_reads.py)."""
 
-    def __init__(self, pool: UpstreamPool) -> None:
+    def __init__(self, pool: UpstreamPool, raw: asyncio.BaseTransport | None = None) -> None:
         self._pool = pool
+        self._raw = raw
         self.chosen: Http1Upstream | H2Upstream | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -60,6 +65,8 @@ class _ByAlpn(asyncio.Protocol):
             self.chosen = H2Upstream(self._pool)
         else:
             self.chosen = Http1Upstream(self._pool)
+            if self._raw is not None:
+                transport = tls_transport(self._raw, cast(asyncio.Transport, transport))
         transport.set_protocol(self.chosen)
         self.chosen.connection_made(transport)
 
@@ -241,13 +248,24 @@ class UpstreamPool:
 
     async def _handshake(self) -> Http1Upstream | H2Upstream:
         target = self.target
-        _, chooser = await self._loop.create_connection(
-            lambda: _ByAlpn(self),
-            target.host,
-            target.port,
-            ssl=self._tls,
-            server_hostname=target.host if self._tls else None,
-        )
+        if self._tls is None:
+            _, chooser = await self._loop.create_connection(
+                lambda: _ByAlpn(self), target.host, target.port
+            )
+        else:
+            # TLS over a TCP transport of our own (start_tls), as create_connection's
+            # ssl= would do, but with that transport in hand for the reads.
+            raw, _ = await self._loop.create_connection(asyncio.Protocol, target.host, target.port)
+            chooser = _ByAlpn(self, raw)
+            try:
+                tls = await self._loop.start_tls(
+                    raw, chooser, self._tls, server_hostname=target.host
+                )
+            except BaseException:
+                raw.abort()
+                raise
+            assert tls is not None
+            chooser.connection_made(tls)
         connection = chooser.chosen
         assert connection is not None
         if isinstance(connection, H2Upstream):
