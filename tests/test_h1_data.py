@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-import ssl
 from importlib.metadata import version
 from typing import cast
 
@@ -24,6 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relay.edge import native_out
+from tests.tls_upstreams import localhost_contexts
 
 if os.environ.get("SSE_RELAY_NO_EXTENSIONS") == "1":
     pytest.skip("SSE_RELAY_NO_EXTENSIONS=1: no Cython writer", allow_module_level=True)
@@ -232,10 +232,7 @@ def test_a_closing_transport_is_never_written_beside() -> None:
 
 def test_only_plain_uvloop_tcp_transports_get_one(ca: trustme.CA) -> None:
     """A TLS transport's socket carries records: the edge keeps `transport.write`."""
-    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost").configure_cert(server_tls)
-    client_tls = ssl.create_default_context()
-    ca.configure_trust(client_tls)
+    server_tls, client_tls = localhost_contexts(ca)
 
     async def run() -> None:
         loop = asyncio.get_running_loop()

@@ -29,6 +29,7 @@ from aioquic.quic.stream import QuicStreamSender
 from relay.edge.h2_endpoint import GracefulH2Connection
 from relay.edge.h2_guard import header_block_pending, oversized_frame_pending
 from relay.edge.http1 import pending_chunk_size
+from tests.tls_upstreams import localhost_contexts
 
 H2 = f"h2 {version('h2')}"
 H11 = f"h11 {version('h11')}"
@@ -154,11 +155,7 @@ def test_tls_reads_find_their_ssl_object_and_uvloops_layer() -> None:
 
     assert sys.version_info[:2] in _tlsread.LAYOUTS, f"{PYTHON_SSL}: _ssl layout not known"
     assert _tlsread.SAME_OPENSSL, f"{PYTHON_SSL}: another OpenSSL than the relay's"
-    ca = trustme.CA()
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost").configure_cert(server_context)
-    client_context = ssl.create_default_context()
-    ca.configure_trust(client_context)
+    server_context, client_context = localhost_contexts(trustme.CA())
 
     async def check() -> None:
         loop = asyncio.get_running_loop()

@@ -24,7 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relay.upstream import tls_reads
-from tests.tls_upstreams import BAD_RECORD
+from tests.tls_upstreams import BAD_RECORD, localhost_contexts
 
 if os.environ.get("SSE_RELAY_NO_EXTENSIONS") == "1":
     pytest.skip("SSE_RELAY_NO_EXTENSIONS=1: no C reads", allow_module_level=True)
@@ -32,11 +32,7 @@ if os.environ.get("SSE_RELAY_NO_EXTENSIONS") == "1":
 from relay.upstream._bodypump import FRAMINGS, BodyPump
 from relay.upstream._tlsread import TlsTransport
 
-CA = trustme.CA()
-SERVER = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-CA.issue_cert("localhost").configure_cert(SERVER)
-CLIENT = ssl.create_default_context()
-CA.configure_trust(CLIENT)
+SERVER, CLIENT = localhost_contexts(trustme.CA())
 
 
 @dataclass

@@ -13,6 +13,19 @@ import struct
 import threading
 from types import TracebackType
 
+import trustme
+
+
+def localhost_contexts(ca: trustme.CA) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A server context with a certificate for localhost from `ca`, and a client
+    context that trusts `ca`."""
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server)
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    return server, client
+
+
 #: An application-data record header and a payload that cannot decrypt.
 BAD_RECORD = b"\x17\x03\x03\x00\x20" + bytes(32)
 
